@@ -1,0 +1,53 @@
+"""laplace-subnet-ext: dense subnetwork Laplace for laplace-torch, at scale.
+
+Importing this package registers :class:`DenseSubnetLaplace` as the class that
+``laplace.Laplace(..., subset_of_weights="subnetwork", hessian_structure="full")``
+returns. :func:`register` is idempotent; :func:`unregister` restores laplace's
+own ``FullSubnetLaplace``. No other ``(subset_of_weights, hessian_structure)``
+key of ``laplace.Laplace`` changes.
+
+Verbs, in pipeline order: select (:mod:`~laplace_subnet_ext.selection`),
+Jacobians (:mod:`~laplace_subnet_ext.jacobians`), posterior
+(:class:`DenseSubnetLaplace`: ``fit``, ``optimize_prior_precision``), predict
+(``la(x, pred_type="glm")``).
+"""
+
+from __future__ import annotations
+
+from laplace_subnet_ext import selection
+from laplace_subnet_ext._compat import register_override, unregister_override
+from laplace_subnet_ext.posterior import DenseSubnetLaplace, NotFittedError
+
+__all__ = [
+    "DenseSubnetLaplace",
+    "NotFittedError",
+    "register",
+    "unregister",
+    "is_registered",
+    "selection",
+    "KEY",
+]
+__version__ = "0.1.0"
+
+#: the ``laplace.Laplace`` key this plugin serves
+KEY = ("subnetwork", "full")
+
+
+def register() -> None:
+    """Route ``laplace.Laplace(..., "subnetwork", "full")`` to :class:`DenseSubnetLaplace`."""
+    register_override(KEY, DenseSubnetLaplace)
+
+
+def unregister() -> None:
+    """Give the key back to laplace's own ``FullSubnetLaplace``."""
+    unregister_override(KEY)
+
+
+def is_registered() -> bool:
+    """Whether :func:`register` is in effect."""
+    from laplace_subnet_ext._compat import registered_overrides
+
+    return registered_overrides().get(KEY) is DenseSubnetLaplace
+
+
+register()

@@ -208,7 +208,8 @@ class DenseSubnetLaplace(FullSubnetLaplace):
         itemsize = torch.empty((), dtype=self._cdtype).element_size()
         check_dense_fits(idx.numel(), itemsize, self._device, self.memory_budget)
         self._layout = SubnetLayout(self.model, idx)
-        self.backend.subnetwork_indices = idx
+        if self._backend is not None:
+            self._backend.subnetwork_indices = idx
         self.n_params_subnet = idx.numel()
         self._jacobians = SubnetJacobians(
             self.model,
@@ -219,6 +220,38 @@ class DenseSubnetLaplace(FullSubnetLaplace):
         )
         self._init_H()
         self._apply_prior()
+
+    @property
+    def backend(self):
+        """laplace's backend on the model, created on first use (with the subnetwork).
+
+        Our own fit and predictive do not need it (see :attr:`output_curvature`),
+        so BackPACK/ASDL do not hook into the model unless it is asked for.
+        """
+        backend = super().backend
+        if self._layout is not None:
+            backend.subnetwork_indices = self._layout.indices
+        return backend
+
+    @property
+    def output_curvature(self) -> GGNInterface | EFInterface:
+        """The backend's curvature type (GGN / MC-Fisher / EF) and loss, on no model.
+
+        Built as laplace's own ``GGNInterface`` / ``EFInterface`` around a
+        placeholder module, so its ``lossfunc``, ``factor`` and output Hessians
+        are laplace's, without hooking BackPACK/ASDL into the user's model.
+        """
+        if getattr(self, "_output_curvature", None) is None:
+            kind = EFInterface if issubclass(self._backend_cls, EFInterface) else GGNInterface
+            kwargs = {
+                k: v
+                for k, v in self._backend_kwargs.items()
+                if k in ("stochastic", "num_samples")
+            }
+            if kind is EFInterface:
+                kwargs = {}
+            self._output_curvature = kind(nn.Identity(), self.likelihood, **kwargs)
+        return self._output_curvature
 
     def _backend_jacobians(self, x):
         self.model.output_size = self.n_outputs  # BackPACK reads it
@@ -361,7 +394,7 @@ class DenseSubnetLaplace(FullSubnetLaplace):
             raise ValueError(
                 f"The model's output has {f.ndim} dims but the target has {y.ndim} dims."
             )
-        backend = self.backend
+        backend = self.output_curvature
         loss = backend.factor * backend.lossfunc(f, y)
         Js = Js.to(self._cdtype)
         S = Js.shape[-1]

@@ -1,0 +1,363 @@
+"""Indices, masks, prior handling, tuning, predictives and state of DenseSubnetLaplace."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from laplace import FullLaplace, Laplace
+from laplace.utils import LastLayerSubnetMask, RandomSubnetMask
+
+from laplace_subnet_ext import DenseSubnetLaplace, NotFittedError
+from tests.cases import DictModel, assert_close, loader, mlp
+
+D_MLP = 3 * 12 + 12 + 12 * 2 + 2  # 74
+
+
+_DEFAULT = object()
+
+
+def make(idx=_DEFAULT, lik="classification", **kw):
+    model = kw.pop("model", None) or mlp()
+    if idx is _DEFAULT:
+        idx = torch.arange(10, 30)
+    return DenseSubnetLaplace(model, lik, idx, **kw)
+
+
+# ----------------------------------------------------------------- indices
+@pytest.mark.parametrize(
+    "idx",
+    [
+        torch.tensor([4, 1, 9], dtype=torch.int8),
+        torch.tensor([4, 1, 9], dtype=torch.int16),
+        torch.tensor([4, 1, 9], dtype=torch.int32),
+        torch.tensor([4, 1, 9], dtype=torch.uint8),
+        np.array([4, 1, 9]),
+        [4, 1, 9],
+    ],
+    ids=["int8", "int16", "int32", "uint8", "numpy", "list"],
+)
+def test_any_integer_indices_are_accepted_in_order(idx):
+    la = make(idx)
+    assert la.subnetwork_indices.dtype == torch.long
+    assert la.subnetwork_indices.tolist() == [4, 1, 9]
+    assert la.H.shape == (3, 3)
+
+
+def test_boolean_mask_of_length_D():
+    mask = torch.zeros(D_MLP, dtype=torch.bool)
+    mask[[2, 7, 70]] = True
+    assert make(mask).subnetwork_indices.tolist() == [2, 7, 70]
+
+
+@pytest.mark.parametrize(
+    "idx, match",
+    [
+        (None, "got None"),
+        (torch.tensor([], dtype=torch.long), "at least one"),
+        (torch.tensor([[0, 1]]), "1-dimensional"),
+        (torch.tensor([0.0, 5.0]), "integer or bool dtype"),
+        (torch.tensor([0, -1]), r"\[0, D\).*-1"),
+        (torch.tensor([0, D_MLP]), rf"got entry {D_MLP}"),
+        (torch.tensor([0, 0, 5]), r"duplicates.*\[0\]"),
+        (torch.tensor([True, False]), "length D=74; got length 2"),
+    ],
+)
+def test_bad_indices_name_the_argument_rule_and_value(idx, match):
+    with pytest.raises(ValueError, match=match) as err:
+        make(idx)
+    assert "subnetwork_indices" in str(err.value)
+
+
+def test_missing_indices_and_mask_is_a_type_error():
+    with pytest.raises(TypeError, match="subnetwork_indices=... or subnetwork_mask"):
+        DenseSubnetLaplace(mlp(), "classification")
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        make("0,1")
+
+
+# ------------------------------------------------------------------- masks
+@pytest.mark.parametrize(
+    "mask_kw",
+    [
+        dict(subnetwork_mask=RandomSubnetMask, n_params_subnet=9),
+        dict(subnetwork_mask="laplace_random", n_params_subnet=9),
+        dict(subnetwork_mask="laplace_largest_variance_swag", n_params_subnet=9),
+    ],
+    ids=["class", "name", "swag-name-gets-likelihood"],
+)
+def test_mask_selects_inside_fit(mask_kw):
+    dl = loader("classification")
+    la = Laplace(mlp(), "classification", "subnetwork", "full", prior_precision=2.0, **mask_kw)
+    with pytest.raises(NotFittedError):
+        la.subnetwork_indices
+    la.fit(dl)
+    assert la.n_params_subnet == 9 and la.H.shape == (9, 9)
+    assert la.prior_precision_diag.shape == (9,)
+
+
+def test_preselected_laplace_mask_instance_is_used_as_is():
+    model = mlp()
+    mask = LastLayerSubnetMask(model)
+    dl = loader("regression")
+    idx = mask.select(dl)
+    la = DenseSubnetLaplace(model, "regression", subnetwork_mask=mask)
+    la.fit(dl)
+    assert torch.equal(la.subnetwork_indices, idx)
+
+
+# ------------------------------------------------------------------- prior
+def test_prior_rescaling_uses_lambda_S_over_D():
+    la = make(torch.arange(20), prior_precision=3.0, prior_rescaling=True)
+    assert_close(la.prior_precision, torch.tensor([3.0 * 20 / D_MLP]), 1e-15, "rescaled")
+    assert_close(la.prior_precision_full_network, torch.tensor([3.0]), 0, "full")
+    off = make(torch.arange(20), prior_precision=3.0)
+    assert off.prior_precision.item() == 3.0
+
+
+def test_rescaling_with_a_mask_happens_at_selection():
+    la = DenseSubnetLaplace(
+        mlp(), "classification", subnetwork_mask=RandomSubnetMask, n_params_subnet=37,
+        prior_precision=2.0, prior_rescaling=True,
+    )
+    la.fit(loader("classification"))
+    assert_close(la.prior_precision, torch.tensor([2.0 * 37 / D_MLP]), 1e-15, "rescaled")
+
+
+def test_prior_precision_structures_restrict_to_subnetwork():
+    idx = torch.tensor([0, 40, 73, 38, 1])  # tensors 0 (0.weight), 1 (0.bias), 3 (2.bias)
+    per_layer = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    la = make(idx, prior_precision=per_layer)
+    assert la.prior_structure == "layerwise"
+    assert_close(la.prior_precision, torch.tensor([1.0, 2.0, 4.0]), 0, "touched")
+    assert_close(la.prior_precision_diag, torch.tensor([1.0, 2.0, 4.0, 2.0, 1.0]), 0, "diag")
+    full_diag = torch.arange(1.0, D_MLP + 1)
+    la = make(idx, prior_precision=full_diag)
+    assert_close(la.prior_precision_diag, full_diag[idx], 0, "D->S")
+    la = make(idx, prior_precision=torch.tensor([5.0, 6.0, 7.0, 8.0, 9.0]))
+    assert la.prior_structure == "diag"
+    with pytest.raises(ValueError, match="got length 6"):
+        make(idx, prior_precision=torch.ones(6))
+    with pytest.raises(ValueError, match="positive"):
+        make(idx, prior_precision=-1.0)
+
+
+@pytest.mark.parametrize("prior_mean_len", ["S", "D"])
+def test_prior_mean_of_length_S_or_D_matches_frozen_full_laplace(prior_mean_len):
+    model = mlp()
+    dl = loader("regression")
+    idx = torch.arange(D_MLP - 26, D_MLP)  # last layer
+    mu_D = torch.randn(D_MLP) * 0.1
+    mu = mu_D if prior_mean_len == "D" else mu_D[idx]
+    la = DenseSubnetLaplace(model, "regression", idx, prior_mean=mu, prior_precision=2.0)
+    la.fit(dl)
+    frozen = copy.deepcopy(model)
+    frozen[0].requires_grad_(False)
+    ref = FullLaplace(frozen, "regression", prior_mean=mu_D[idx], prior_precision=2.0)
+    ref.fit(dl)
+    assert_close(la.log_marginal_likelihood(), ref.log_marginal_likelihood(), 1e-8, "marglik")
+
+
+# ------------------------------------------------------- marginal likelihood
+@pytest.mark.parametrize("structure", ["scalar", "layerwise", "diag"])
+@pytest.mark.parametrize("lik", ["classification", "regression"])
+def test_marglik_tuning_every_structure_improves_evidence(structure, lik):
+    la = make(torch.randperm(D_MLP)[:30], lik=lik, prior_precision=1.0)
+    la.fit(loader(lik))
+    before = la.log_marginal_likelihood().item()
+    la.optimize_prior_precision(method="marglik", prior_structure=structure, n_steps=50)
+    n = {"scalar": 1, "layerwise": 4, "diag": 30}[structure]
+    assert la.prior_precision.shape == (n,)
+    assert la.log_marginal_likelihood().item() > before
+
+
+def test_layerwise_marglik_equals_full_laplace_layerwise_when_S_is_D():
+    model = mlp()
+    dl = loader("regression")
+    la = make(torch.arange(D_MLP), lik="regression", model=model)
+    la.fit(dl)
+    ref = FullLaplace(copy.deepcopy(model), "regression")
+    ref.fit(dl)
+    prior = torch.tensor([0.5, 2.0, 3.0, 0.1])
+    assert_close(la.log_marginal_likelihood(prior), ref.log_marginal_likelihood(prior), 1e-8, "lw")
+
+
+def test_sigma_noise_tunable_by_marglik_gradient():
+    la = make(torch.arange(D_MLP), lik="regression", sigma_noise=1.0)
+    la.fit(loader("regression"))
+    log_sigma = torch.zeros(1, requires_grad=True)
+    log_prior = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([log_sigma, log_prior], lr=0.1)
+    first = None
+    for _ in range(60):
+        opt.zero_grad()
+        nlml = -la.log_marginal_likelihood(log_prior.exp(), log_sigma.exp())
+        first = first if first is not None else nlml.item()
+        nlml.backward()
+        opt.step()
+    assert nlml.item() < first - 1.0
+    assert log_sigma.grad is not None and torch.isfinite(log_sigma.grad).all()
+
+
+def test_gridsearch_on_subnetwork():
+    la = make(torch.arange(30), prior_precision=1.0)
+    dl = loader("classification")
+    la.fit(dl)
+    la.optimize_prior_precision(method="gridsearch", val_loader=dl, grid_size=5, pred_type="glm")
+    assert la.prior_precision.numel() == 1
+
+
+def test_tuning_arguments_are_validated():
+    la = make()
+    la.fit(loader("classification"))
+    with pytest.raises(ValueError, match="prior_structure"):
+        la.optimize_prior_precision(prior_structure="kron")
+    with pytest.raises(ValueError, match="method"):
+        la.optimize_prior_precision(method="cv")
+
+
+# ------------------------------------------------------------- predictives
+@pytest.mark.parametrize("link", ["probit", "bridge", "bridge_norm", "mc"])
+def test_classification_glm_links_match_full_laplace_at_S_equal_D(link):
+    model = mlp()
+    dl = loader("classification")
+    X = dl.dataset.tensors[0]
+    la = make(torch.arange(D_MLP), model=model)
+    la.fit(dl)
+    ref = FullLaplace(copy.deepcopy(model), "classification")
+    ref.fit(dl)
+    if link == "mc":
+        g = torch.Generator().manual_seed(1)
+        p1 = la.predictive_samples(X, n_samples=8, generator=g)
+        g = torch.Generator().manual_seed(1)
+        p2 = ref.predictive_samples(X, n_samples=8, generator=g)
+    else:
+        p1, p2 = la(X, link_approx=link), ref(X, link_approx=link)
+    assert_close(p1, p2, 1e-8, link)
+
+
+def test_regression_joint_and_diagonal_outputs():
+    model = mlp()
+    dl = loader("regression")
+    X = dl.dataset.tensors[0][:5]
+    la = make(torch.arange(D_MLP), lik="regression", model=model)
+    la.fit(dl)
+    ref = FullLaplace(copy.deepcopy(model), "regression")
+    ref.fit(dl)
+    m1, c1 = la(X, joint=True)
+    m2, c2 = ref(X, joint=True)
+    assert_close(c1, c2, 1e-8, "joint covariance")
+    _, v1 = la(X, diagonal_output=True)
+    assert v1.shape == (5, 2)
+
+
+def test_predictive_is_blocked_and_equal_to_unblocked():
+    la = make(torch.arange(40), lik="regression")
+    la.fit(loader("regression"))
+    X = torch.randn(23, 3)
+    m1, v1 = la(X)
+    la.predictive_block_bytes = 1  # one row per block
+    m2, v2 = la(X, progress_bar=False)
+    assert_close(v1, v2, 1e-12, "blocked")
+    assert_close(m1, m2, 1e-12, "blocked mean")
+
+
+def test_nn_predictive_and_sample_only_move_subnetwork():
+    model = mlp()
+    la = make(torch.tensor([3, 50, 60]), model=model)
+    la.fit(loader("classification"))
+    s = la.sample(7, generator=torch.Generator().manual_seed(0))
+    theta = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    fixed = torch.ones(D_MLP, dtype=torch.bool)
+    fixed[[3, 50, 60]] = False
+    assert torch.equal(s[:, fixed], theta[fixed].expand(7, -1))
+    assert not torch.equal(s[:, ~fixed], theta[~fixed].expand(7, -1))
+    p = la(torch.randn(4, 3), pred_type="nn", link_approx="mc", n_samples=5)
+    assert_close(p.sum(-1), torch.ones(4), 1e-12, "probabilities")
+    assert torch.equal(torch.nn.utils.parameters_to_vector(model.parameters()), theta)
+
+
+def test_sample_covariance_matches_posterior():
+    la = make(torch.arange(5), lik="regression")
+    la.fit(loader("regression"))
+    s = la.sample(40000, generator=torch.Generator().manual_seed(0))[:, :5]
+    emp = torch.cov(s.T)
+    assert_close(emp, la.posterior_covariance, 0.05, "sample covariance")
+
+
+def test_dict_inputs_fit_and_predict():
+    model = DictModel()
+    data = [
+        {"input_ids": torch.randint(7, (4, 4)), "extra": torch.randn(4, 2),
+         "labels": torch.randint(3, (4,))}
+        for _ in range(3)
+    ]
+
+    class DS(torch.utils.data.Dataset):
+        def __len__(self):
+            return 12
+
+    la = DenseSubnetLaplace(model, "classification", torch.arange(10, 40), dict_key_x="input_ids")
+    dl = type("L", (), {"__iter__": lambda s: iter(data), "dataset": DS()})()
+    la.fit(dl)
+    ref = FullLaplace(copy.deepcopy(model), "classification", dict_key_x="input_ids")
+    ref.fit(dl)
+    assert_close(la.H, ref.H[10:40, 10:40], 1e-10, "dict-input curvature")
+    assert la.n_data == 12
+    probs = la(data[0], link_approx="probit")
+    assert probs.shape == (4, 3)
+
+
+def test_float32_model_with_float64_curvature():
+    model = mlp().float()
+    X = torch.randn(20, 3, dtype=torch.float32)
+    y = torch.randint(2, (20,))
+    from torch.utils.data import DataLoader, TensorDataset
+
+    dl = DataLoader(TensorDataset(X, y), batch_size=5)
+    la = DenseSubnetLaplace(model, "classification", torch.arange(30), curvature_dtype=torch.float64)
+    la.fit(dl)
+    assert la.H.dtype == torch.float64
+    p = la(X)
+    assert p.dtype == torch.float32 and torch.isfinite(p).all()
+    la32 = DenseSubnetLaplace(model, "classification", torch.arange(30))
+    la32.fit(dl)
+    assert la32.H.dtype == torch.float32
+    assert_close(la32.H, la.H, 1e-5, "float32 vs float64 curvature")
+
+
+# ------------------------------------------------------------------- state
+def test_state_dict_round_trip_is_exact():
+    model = mlp()
+    dl = loader("regression")
+    la = make(torch.tensor([5, 2, 70, 33]), lik="regression", model=model,
+              prior_precision=torch.ones(4) * 2, prior_mean=0.1, sigma_noise=0.5,
+              prior_rescaling=True)
+    la.fit(dl)
+    la.optimize_prior_precision(method="marglik", prior_structure="layerwise", n_steps=5)
+    state = la.state_dict()
+    new = DenseSubnetLaplace(copy.deepcopy(model), "regression", torch.tensor([0]))
+    new.load_state_dict(state)
+    assert torch.equal(new.subnetwork_indices, la.subnetwork_indices)
+    assert new.prior_structure == "layerwise"
+    assert torch.equal(new.prior_precision, la.prior_precision)
+    assert torch.equal(new.posterior_covariance, la.posterior_covariance)
+    assert torch.equal(new.log_marginal_likelihood(), la.log_marginal_likelihood())
+
+
+def test_loading_into_a_mismatching_model_fails_clearly():
+    la = make()
+    la.fit(loader("classification"))
+    other = DenseSubnetLaplace(mlp(width=13), "classification", torch.tensor([0]))
+    with pytest.raises(ValueError, match="same architecture"):
+        other.load_state_dict(la.state_dict())
+
+
+def test_not_fitted_is_runtime_and_attribute_error():
+    la = DenseSubnetLaplace(mlp(), "classification", subnetwork_mask="laplace_random", n_params_subnet=3)
+    with pytest.raises(RuntimeError, match="fit"):
+        la.posterior_precision
+    with pytest.raises(AttributeError):
+        la.state_dict()

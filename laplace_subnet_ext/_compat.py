@@ -22,9 +22,7 @@ _INERT: dict[type, tuple] = {}
 def _ordered_subclasses(cls: type) -> list[type]:
     found = _ORIGINAL(cls)
     winners = list(_OVERRIDES.values())
-    return [c for c in found if c not in winners] + [
-        c for c in winners if c in found
-    ]
+    return [c for c in found if c not in winners] + [c for c in winners if c in found]
 
 
 def register_override(key: tuple, cls: type) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -32,7 +32,11 @@ def mlp(n_in: int = 3, n_out: int = 2, width: int = 12) -> nn.Module:
 
 def loader(likelihood: str, n: int = 20, n_in: int = 3, n_out: int = 2, bs: int = 7):
     X = torch.randn(n, n_in)
-    y = torch.randint(n_out, (n,)) if likelihood == "classification" else torch.randn(n, n_out)
+    y = (
+        torch.randint(n_out, (n,))
+        if likelihood == "classification"
+        else torch.randn(n, n_out)
+    )
     return DataLoader(TensorDataset(X, y), batch_size=bs)
 
 

@@ -26,8 +26,15 @@ bid = lambda b: "torch.func" if b is None else b.__name__  # noqa: E731
 
 def compare(ours, ref, X, what):
     assert_close(ours.H, ref.H, 1e-8, f"{what} H")
-    assert_close(ours.log_marginal_likelihood(), ref.log_marginal_likelihood(), 1e-8, f"{what} marglik")
-    assert_close(ours.posterior_covariance, ref.posterior_covariance, 1e-8, f"{what} covariance")
+    assert_close(
+        ours.log_marginal_likelihood(),
+        ref.log_marginal_likelihood(),
+        1e-8,
+        f"{what} marglik",
+    )
+    assert_close(
+        ours.posterior_covariance, ref.posterior_covariance, 1e-8, f"{what} covariance"
+    )
     f_ours = ours._glm_predictive_distribution(X)
     f_ref = ref._glm_predictive_distribution(X)
     assert_close(f_ours[0], f_ref[0], 1e-8, f"{what} GLM mean")
@@ -43,7 +50,14 @@ def test_all_weights_equal_full_laplace(likelihood, backend):
     kw = dict(prior_precision=0.7, backend=backend)
     if likelihood == "regression":
         kw["sigma_noise"] = 0.3
-    ours = Laplace(model, likelihood, "subnetwork", "full", subnetwork_indices=torch.arange(D), **kw)
+    ours = Laplace(
+        model,
+        likelihood,
+        "subnetwork",
+        "full",
+        subnetwork_indices=torch.arange(D),
+        **kw,
+    )
     assert type(ours) is DenseSubnetLaplace
     ours.fit(dl)
     ref = FullLaplace(copy.deepcopy(model), likelihood, **kw)
@@ -74,9 +88,13 @@ def test_last_layer_equals_full_ll_laplace(likelihood, backend):
     D = sum(p.numel() for p in model.parameters())
     n_last = sum(p.numel() for p in model[-1].parameters())
     idx = torch.arange(D - n_last, D)
-    ours = DenseSubnetLaplace(model, likelihood, idx, prior_precision=1.3, backend=backend)
+    ours = DenseSubnetLaplace(
+        model, likelihood, idx, prior_precision=1.3, backend=backend
+    )
     ours.fit(dl)
-    ref = FullLLLaplace(copy.deepcopy(model), likelihood, prior_precision=1.3, backend=backend)
+    ref = FullLLLaplace(
+        copy.deepcopy(model), likelihood, prior_precision=1.3, backend=backend
+    )
     ref.fit(dl)
     compare(ours, ref, dl.dataset.tensors[0], "last layer")
 
@@ -89,7 +107,10 @@ def test_tensor_subset_equals_full_laplace_with_frozen_rest(likelihood, backend)
     (BackPACK and ASDL refuse models with frozen parameters in laplace 0.3.)
     """
     model = torch.nn.Sequential(
-        torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 6), torch.nn.Tanh(),
+        torch.nn.Linear(3, 8),
+        torch.nn.Tanh(),
+        torch.nn.Linear(8, 6),
+        torch.nn.Tanh(),
         torch.nn.Linear(6, 2),
     )
     dl = loader(likelihood)
@@ -100,7 +121,9 @@ def test_tensor_subset_equals_full_laplace_with_frozen_rest(likelihood, backend)
             idx.append(torch.arange(start, start + p.numel()))
         start += p.numel()
     idx = torch.cat(idx)
-    ours = DenseSubnetLaplace(model, likelihood, idx, prior_precision=0.9, backend=backend)
+    ours = DenseSubnetLaplace(
+        model, likelihood, idx, prior_precision=0.9, backend=backend
+    )
     ours.fit(dl)
     frozen = copy.deepcopy(model)
     for name, p in frozen.named_parameters():
@@ -108,8 +131,12 @@ def test_tensor_subset_equals_full_laplace_with_frozen_rest(likelihood, backend)
     ref = FullLaplace(frozen, likelihood, prior_precision=0.9, backend=backend)
     ref.fit(dl)
     assert_close(ours.H, ref.H, 1e-8, "H")
-    assert_close(ours.log_marginal_likelihood(), ref.log_marginal_likelihood(), 1e-8, "marglik")
-    assert_close(ours.posterior_covariance, ref.posterior_covariance, 1e-8, "covariance")
+    assert_close(
+        ours.log_marginal_likelihood(), ref.log_marginal_likelihood(), 1e-8, "marglik"
+    )
+    assert_close(
+        ours.posterior_covariance, ref.posterior_covariance, 1e-8, "covariance"
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=bid)
@@ -121,8 +148,12 @@ def test_random_indices_equal_upstream_subnet_laplace(likelihood, backend):
     dl = loader(likelihood)
     D = sum(p.numel() for p in model.parameters())
     idx = torch.randperm(D)[:17]
-    ours = DenseSubnetLaplace(model, likelihood, idx, prior_precision=0.5, backend=backend)
+    ours = DenseSubnetLaplace(
+        model, likelihood, idx, prior_precision=0.5, backend=backend
+    )
     ours.fit(dl)
-    ref = FullSubnetLaplace(copy.deepcopy(model), likelihood, idx, prior_precision=0.5, backend=backend)
+    ref = FullSubnetLaplace(
+        copy.deepcopy(model), likelihood, idx, prior_precision=0.5, backend=backend
+    )
     ref.fit(dl)
     compare(ours, ref, dl.dataset.tensors[0], "random S")

@@ -15,9 +15,7 @@ from tests.cases import mlp
 
 
 def dispatch_map():
-    return {
-        c._key: c for c in front._all_subclasses(BaseLaplace) if hasattr(c, "_key")
-    }
+    return {c._key: c for c in front._all_subclasses(BaseLaplace) if hasattr(c, "_key")}
 
 
 def build(**kw):
@@ -74,10 +72,22 @@ def test_override_wins_regardless_of_set_order(monkeypatch):
 
 
 def test_diag_subnet_and_other_structures_untouched():
-    la = Laplace(mlp(), "regression", "subnetwork", "diag", subnetwork_indices=torch.tensor([0, 1]))
+    la = Laplace(
+        mlp(),
+        "regression",
+        "subnetwork",
+        "diag",
+        subnetwork_indices=torch.tensor([0, 1]),
+    )
     assert type(la) is laplace.DiagSubnetLaplace
     with pytest.raises(ValueError):
-        Laplace(mlp(), "regression", "subnetwork", "kron", subnetwork_indices=torch.tensor([0]))
+        Laplace(
+            mlp(),
+            "regression",
+            "subnetwork",
+            "kron",
+            subnetwork_indices=torch.tensor([0]),
+        )
 
 
 def test_package_never_imports_torchvision():

@@ -90,9 +90,11 @@ def test_missing_indices_and_mask_is_a_type_error():
 )
 def test_mask_selects_inside_fit(mask_kw):
     dl = loader("classification")
-    la = Laplace(mlp(), "classification", "subnetwork", "full", prior_precision=2.0, **mask_kw)
+    la = Laplace(
+        mlp(), "classification", "subnetwork", "full", prior_precision=2.0, **mask_kw
+    )
     with pytest.raises(NotFittedError):
-        la.subnetwork_indices
+        _ = la.subnetwork_indices
     la.fit(dl)
     assert la.n_params_subnet == 9 and la.H.shape == (9, 9)
     assert la.prior_precision_diag.shape == (9,)
@@ -111,7 +113,9 @@ def test_preselected_laplace_mask_instance_is_used_as_is():
 # ------------------------------------------------------------------- prior
 def test_prior_rescaling_uses_lambda_S_over_D():
     la = make(torch.arange(20), prior_precision=3.0, prior_rescaling=True)
-    assert_close(la.prior_precision, torch.tensor([3.0 * 20 / D_MLP]), 1e-15, "rescaled")
+    assert_close(
+        la.prior_precision, torch.tensor([3.0 * 20 / D_MLP]), 1e-15, "rescaled"
+    )
     assert_close(la.prior_precision_full_network, torch.tensor([3.0]), 0, "full")
     off = make(torch.arange(20), prior_precision=3.0)
     assert off.prior_precision.item() == 3.0
@@ -119,20 +123,30 @@ def test_prior_rescaling_uses_lambda_S_over_D():
 
 def test_rescaling_with_a_mask_happens_at_selection():
     la = DenseSubnetLaplace(
-        mlp(), "classification", subnetwork_mask=RandomSubnetMask, n_params_subnet=37,
-        prior_precision=2.0, prior_rescaling=True,
+        mlp(),
+        "classification",
+        subnetwork_mask=RandomSubnetMask,
+        n_params_subnet=37,
+        prior_precision=2.0,
+        prior_rescaling=True,
     )
     la.fit(loader("classification"))
-    assert_close(la.prior_precision, torch.tensor([2.0 * 37 / D_MLP]), 1e-15, "rescaled")
+    assert_close(
+        la.prior_precision, torch.tensor([2.0 * 37 / D_MLP]), 1e-15, "rescaled"
+    )
 
 
 def test_prior_precision_structures_restrict_to_subnetwork():
-    idx = torch.tensor([0, 40, 73, 38, 1])  # tensors 0 (0.weight), 1 (0.bias), 3 (2.bias)
+    idx = torch.tensor(
+        [0, 40, 73, 38, 1]
+    )  # tensors 0 (0.weight), 1 (0.bias), 3 (2.bias)
     per_layer = torch.tensor([1.0, 2.0, 3.0, 4.0])
     la = make(idx, prior_precision=per_layer)
     assert la.prior_structure == "layerwise"
     assert_close(la.prior_precision, torch.tensor([1.0, 2.0, 4.0]), 0, "touched")
-    assert_close(la.prior_precision_diag, torch.tensor([1.0, 2.0, 4.0, 2.0, 1.0]), 0, "diag")
+    assert_close(
+        la.prior_precision_diag, torch.tensor([1.0, 2.0, 4.0, 2.0, 1.0]), 0, "diag"
+    )
     full_diag = torch.arange(1.0, D_MLP + 1)
     la = make(idx, prior_precision=full_diag)
     assert_close(la.prior_precision_diag, full_diag[idx], 0, "D->S")
@@ -151,13 +165,17 @@ def test_prior_mean_of_length_S_or_D_matches_frozen_full_laplace(prior_mean_len)
     idx = torch.arange(D_MLP - 26, D_MLP)  # last layer
     mu_D = torch.randn(D_MLP) * 0.1
     mu = mu_D if prior_mean_len == "D" else mu_D[idx]
-    la = DenseSubnetLaplace(model, "regression", idx, prior_mean=mu, prior_precision=2.0)
+    la = DenseSubnetLaplace(
+        model, "regression", idx, prior_mean=mu, prior_precision=2.0
+    )
     la.fit(dl)
     frozen = copy.deepcopy(model)
     frozen[0].requires_grad_(False)
     ref = FullLaplace(frozen, "regression", prior_mean=mu_D[idx], prior_precision=2.0)
     ref.fit(dl)
-    assert_close(la.log_marginal_likelihood(), ref.log_marginal_likelihood(), 1e-8, "marglik")
+    assert_close(
+        la.log_marginal_likelihood(), ref.log_marginal_likelihood(), 1e-8, "marglik"
+    )
 
 
 # ------------------------------------------------------- marginal likelihood
@@ -181,7 +199,12 @@ def test_layerwise_marglik_equals_full_laplace_layerwise_when_S_is_D():
     ref = FullLaplace(copy.deepcopy(model), "regression")
     ref.fit(dl)
     prior = torch.tensor([0.5, 2.0, 3.0, 0.1])
-    assert_close(la.log_marginal_likelihood(prior), ref.log_marginal_likelihood(prior), 1e-8, "lw")
+    assert_close(
+        la.log_marginal_likelihood(prior),
+        ref.log_marginal_likelihood(prior),
+        1e-8,
+        "lw",
+    )
 
 
 def test_sigma_noise_tunable_by_marglik_gradient():
@@ -205,7 +228,9 @@ def test_gridsearch_on_subnetwork():
     la = make(torch.arange(30), prior_precision=1.0)
     dl = loader("classification")
     la.fit(dl)
-    la.optimize_prior_precision(method="gridsearch", val_loader=dl, grid_size=5, pred_type="glm")
+    la.optimize_prior_precision(
+        method="gridsearch", val_loader=dl, grid_size=5, pred_type="glm"
+    )
     assert la.prior_precision.numel() == 1
 
 
@@ -290,8 +315,11 @@ def test_sample_covariance_matches_posterior():
 def test_dict_inputs_fit_and_predict():
     model = DictModel()
     data = [
-        {"input_ids": torch.randint(7, (4, 4)), "extra": torch.randn(4, 2),
-         "labels": torch.randint(3, (4,))}
+        {
+            "input_ids": torch.randint(7, (4, 4)),
+            "extra": torch.randn(4, 2),
+            "labels": torch.randint(3, (4,)),
+        }
         for _ in range(3)
     ]
 
@@ -299,7 +327,9 @@ def test_dict_inputs_fit_and_predict():
         def __len__(self):
             return 12
 
-    la = DenseSubnetLaplace(model, "classification", torch.arange(10, 40), dict_key_x="input_ids")
+    la = DenseSubnetLaplace(
+        model, "classification", torch.arange(10, 40), dict_key_x="input_ids"
+    )
     dl = type("L", (), {"__iter__": lambda s: iter(data), "dataset": DS()})()
     la.fit(dl)
     ref = FullLaplace(copy.deepcopy(model), "classification", dict_key_x="input_ids")
@@ -317,7 +347,9 @@ def test_float32_model_with_float64_curvature():
     from torch.utils.data import DataLoader, TensorDataset
 
     dl = DataLoader(TensorDataset(X, y), batch_size=5)
-    la = DenseSubnetLaplace(model, "classification", torch.arange(30), curvature_dtype=torch.float64)
+    la = DenseSubnetLaplace(
+        model, "classification", torch.arange(30), curvature_dtype=torch.float64
+    )
     la.fit(dl)
     assert la.H.dtype == torch.float64
     p = la(X)
@@ -332,11 +364,19 @@ def test_float32_model_with_float64_curvature():
 def test_state_dict_round_trip_is_exact():
     model = mlp()
     dl = loader("regression")
-    la = make(torch.tensor([5, 2, 70, 33]), lik="regression", model=model,
-              prior_precision=torch.ones(4) * 2, prior_mean=0.1, sigma_noise=0.5,
-              prior_rescaling=True)
+    la = make(
+        torch.tensor([5, 2, 70, 33]),
+        lik="regression",
+        model=model,
+        prior_precision=torch.ones(4) * 2,
+        prior_mean=0.1,
+        sigma_noise=0.5,
+        prior_rescaling=True,
+    )
     la.fit(dl)
-    la.optimize_prior_precision(method="marglik", prior_structure="layerwise", n_steps=5)
+    la.optimize_prior_precision(
+        method="marglik", prior_structure="layerwise", n_steps=5
+    )
     state = la.state_dict()
     new = DenseSubnetLaplace(copy.deepcopy(model), "regression", torch.tensor([0]))
     new.load_state_dict(state)
@@ -356,8 +396,10 @@ def test_loading_into_a_mismatching_model_fails_clearly():
 
 
 def test_not_fitted_is_runtime_and_attribute_error():
-    la = DenseSubnetLaplace(mlp(), "classification", subnetwork_mask="laplace_random", n_params_subnet=3)
+    la = DenseSubnetLaplace(
+        mlp(), "classification", subnetwork_mask="laplace_random", n_params_subnet=3
+    )
     with pytest.raises(RuntimeError, match="fit"):
-        la.posterior_precision
+        _ = la.posterior_precision
     with pytest.raises(AttributeError):
         la.state_dict()

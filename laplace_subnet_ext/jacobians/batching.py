@@ -26,7 +26,9 @@ def slice_batch(
         for key, value in x.items():
             sliced = (
                 value[start:stop]
-                if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == n
+                if isinstance(value, torch.Tensor)
+                and value.ndim > 0
+                and value.shape[0] == n
                 else value
             )
             out[key] = sliced
@@ -40,6 +42,7 @@ def to_device(
     """Move a tensor, or the tensor values of a dict input, to ``device``."""
     if isinstance(x, MutableMapping):
         return {
-            k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in x.items()
+            k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+            for k, v in x.items()
         }
     return x.to(device)

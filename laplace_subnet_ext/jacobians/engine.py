@@ -18,8 +18,8 @@ Index conventions: ``b`` batch, ``c``/``k`` outputs, ``p`` all parameters,
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
-from typing import Any, Callable
+from collections.abc import Callable, MutableMapping
+from typing import Any
 
 import torch
 from torch import nn

@@ -13,6 +13,7 @@ maths lives in :mod:`.linalg`, the Jacobians in :mod:`laplace_subnet_ext.jacobia
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import MutableMapping
 from math import log, pi
 from typing import Any
@@ -136,7 +137,8 @@ class DenseSubnetLaplace(FullSubnetLaplace):
                 f"{asdl_fisher_kwargs!r}. Use backend_kwargs instead."
             )
         if backend is not None and not (
-            isinstance(backend, type) and issubclass(backend, (GGNInterface, EFInterface))
+            isinstance(backend, type)
+            and issubclass(backend, (GGNInterface, EFInterface))
         ):
             raise ValueError(
                 "backend must be a laplace GGN or EF interface class (e.g. "
@@ -180,9 +182,7 @@ class DenseSubnetLaplace(FullSubnetLaplace):
         self._mask = (subnetwork_mask, n_params_subnet, dict(mask_kwargs or {}))
         if subnetwork_indices is not _MISSING:
             if subnetwork_mask is not None:
-                raise TypeError(
-                    "give subnetwork_indices or subnetwork_mask, not both."
-                )
+                raise TypeError("give subnetwork_indices or subnetwork_mask, not both.")
             self._set_subnetwork(subnetwork_indices)
 
     # ------------------------------------------------------------------ subnetwork
@@ -242,7 +242,11 @@ class DenseSubnetLaplace(FullSubnetLaplace):
         are laplace's, without hooking BackPACK/ASDL into the user's model.
         """
         if getattr(self, "_output_curvature", None) is None:
-            kind = EFInterface if issubclass(self._backend_cls, EFInterface) else GGNInterface
+            kind = (
+                EFInterface
+                if issubclass(self._backend_cls, EFInterface)
+                else GGNInterface
+            )
             kwargs = {
                 k: v
                 for k, v in self._backend_kwargs.items()
@@ -347,7 +351,10 @@ class DenseSubnetLaplace(FullSubnetLaplace):
 
     # ------------------------------------------------------------------------- fit
     def fit(
-        self, train_loader: DataLoader, override: bool = True, progress_bar: bool = False
+        self,
+        train_loader: DataLoader,
+        override: bool = True,
+        progress_bar: bool = False,
     ) -> None:
         """Select the subnetwork (if a mask was given), then sum curvature and loss.
 
@@ -559,7 +566,9 @@ class DenseSubnetLaplace(FullSubnetLaplace):
             )
         self._check_H_init()
         self._check_selected()
-        init = as_prior_tensor(init_prior_prec, "init_prior_prec", self._device, self._dtype)
+        init = as_prior_tensor(
+            init_prior_prec, "init_prior_prec", self._device, self._dtype
+        )
         if method == "marglik" and init.numel() == 1 and prior_structure != "scalar":
             n = (
                 len(self._layout.selections)
@@ -571,6 +580,17 @@ class DenseSubnetLaplace(FullSubnetLaplace):
         ParametricLaplace.optimize_prior_precision(
             self, pred_type, method, n_steps, lr, init, prior_structure, **kwargs
         )
+        if method == "gridsearch":
+            base = kwargs.get("log_prior_prec_base", 10.0)
+            lo = base ** kwargs.get("log_prior_prec_min", -4)
+            hi = base ** kwargs.get("log_prior_prec_max", 4)
+            value = float(self.prior_precision.max())
+            if not lo * 1.0001 < value < hi / 1.0001:
+                warnings.warn(
+                    f"the tuned prior precision {value:.3g} lies on the edge of the "
+                    f"search grid [{lo:.3g}, {hi:.3g}]; widen log_prior_prec_min/max.",
+                    stacklevel=2,
+                )
 
     # --------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -594,7 +614,10 @@ class DenseSubnetLaplace(FullSubnetLaplace):
                 f"{type(self).__name__}; check subset_of_weights and hessian_structure."
             )
         shapes = [tuple(p.shape) for p in self.params]
-        if state_dict["n_params"] != self.n_params or state_dict["param_shapes"] != shapes:
+        if (
+            state_dict["n_params"] != self.n_params
+            or state_dict["param_shapes"] != shapes
+        ):
             raise ValueError(
                 "state_dict was saved for a model with D="
                 f"{state_dict['n_params']} parameters in tensors "

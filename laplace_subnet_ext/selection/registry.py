@@ -6,7 +6,8 @@ Every entry is a class following laplace's ``SubnetMask`` protocol:
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 __all__ = ["available", "get", "register"]
 

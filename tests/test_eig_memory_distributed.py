@@ -1,0 +1,134 @@
+"""Eigendecomposition path vs Cholesky path; memory checks; data-parallel fit."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch.utils.data import DataLoader, TensorDataset
+
+from laplace_subnet_ext import DenseSubnetLaplace
+from laplace_subnet_ext.posterior import linalg
+from laplace_subnet_ext.posterior.memory import (
+    dense_posterior_bytes,
+    largest_subnet,
+    parse_bytes,
+)
+from tests.cases import assert_close, loader, mlp
+
+
+@pytest.mark.parametrize("lik", ["classification", "regression"])
+def test_scalar_prior_eig_path_equals_cholesky_path(lik):
+    la = DenseSubnetLaplace(mlp(), lik, torch.randperm(74)[:40], prior_precision=0.8)
+    la.fit(loader(lik))
+    X = torch.randn(6, 3)
+    assert la.prior_structure == "scalar"
+    eig = (
+        la.log_marginal_likelihood(),
+        la.posterior_covariance,
+        la._glm_predictive_distribution(X)[1],
+    )
+    # same prior as a diagonal of length S forces the Cholesky path
+    la.prior_precision = torch.full((40,), 0.8)
+    assert la.prior_structure == "diag"
+    chol = (
+        la.log_marginal_likelihood(),
+        la.posterior_covariance,
+        la._glm_predictive_distribution(X)[1],
+    )
+    for a, b, what in zip(eig, chol, ["marglik", "covariance", "GLM variance"]):
+        assert_close(a, b, 1e-8, what)
+
+
+def test_eig_marglik_is_differentiable_in_prior_and_noise():
+    la = DenseSubnetLaplace(mlp(), "regression", torch.arange(30))
+    la.fit(loader("regression"))
+    lam = torch.tensor(0.7, requires_grad=True)
+    sig = torch.tensor(0.9, requires_grad=True)
+    la.log_marginal_likelihood(lam, sig).backward()
+    h = 1e-6
+    fd = (
+        la.log_marginal_likelihood(torch.tensor(0.7 + h), torch.tensor(0.9))
+        - la.log_marginal_likelihood(torch.tensor(0.7 - h), torch.tensor(0.9))
+    ) / (2 * h)
+    assert_close(lam.grad, fd, 1e-6, "d marglik / d lambda")
+
+
+def test_eigenvalues_are_clipped_and_nonfinite_curvature_is_refused():
+    A = torch.randn(5, 3)
+    H = A @ A.T  # rank 3: two zero eigenvalues, round-off may make them negative
+    g, V = linalg.psd_eigh(H)
+    assert (g >= 0).all()
+    assert_close(V @ torch.diag(g) @ V.T, H, 1e-12, "reconstruction")
+    H[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        linalg.psd_eigh(H)
+
+
+def test_too_large_subnetwork_is_refused_before_allocation():
+    model = torch.nn.Linear(2000, 1000)  # D ~ 2M
+    with pytest.raises(
+        ValueError, match=r"largest subnetwork that fits is S=(\d+)"
+    ) as e:
+        DenseSubnetLaplace(
+            model, "regression", torch.arange(100_000), memory_budget="1GB"
+        )
+    import re
+
+    s_max = int(re.search(r"fits is S=(\d+)", str(e.value)).group(1))
+    assert (
+        dense_posterior_bytes(s_max, 8) <= 10**9 < dense_posterior_bytes(s_max + 1, 8)
+    )
+    assert largest_subnet(10**9, 8) == s_max
+    DenseSubnetLaplace(model, "regression", torch.arange(s_max), memory_budget="1GB")
+
+
+@pytest.mark.parametrize(
+    "value, expected", [("4GB", 4 * 10**9), ("512MiB", 512 * 2**20), (1000, 1000)]
+)
+def test_parse_bytes(value, expected):
+    assert parse_bytes(value) == expected
+
+
+def test_parse_bytes_errors():
+    with pytest.raises(ValueError, match="memory_budget"):
+        parse_bytes("four gigs")
+    with pytest.raises(TypeError, match="memory_budget"):
+        parse_bytes([4])
+
+
+def _rank(rank: int, world: int, port: int, data, out: str) -> None:
+    torch.set_default_dtype(torch.float64)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = mlp()
+    X, y = data
+    shard = TensorDataset(X[rank::world], y[rank::world])
+    la = DenseSubnetLaplace(model, "classification", torch.arange(20, 60))
+    la.fit(DataLoader(shard, batch_size=4))
+    if rank == 0:
+        torch.save(
+            {"H": la.H, "lml": la.log_marginal_likelihood().detach(), "n": la.n_data},
+            out,
+        )
+    torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_processes_equal_one_process(tmp_path):
+    torch.manual_seed(1)
+    X, y = torch.randn(22, 3), torch.randint(2, (22,))
+    out = str(tmp_path / "rank0.pt")
+    port = 29500 + os.getpid() % 1000
+    mp.start_processes(
+        _rank, args=(2, port, (X, y), out), nprocs=2, start_method="spawn"
+    )
+    dist = torch.load(out)
+    torch.manual_seed(0)
+    la = DenseSubnetLaplace(mlp(), "classification", torch.arange(20, 60))
+    la.fit(DataLoader(TensorDataset(X, y), batch_size=5))
+    assert dist["n"] == 22
+    assert_close(dist["H"], la.H, 1e-10, "all-reduced H")
+    assert_close(dist["lml"], la.log_marginal_likelihood(), 1e-10, "marglik")

@@ -1,0 +1,151 @@
+"""Selection strategies: registry, sizing, scores against dense references."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from laplace import FullLaplace
+from laplace.utils import RandomSubnetMask
+from torch.nn.utils import parameters_to_vector
+
+from laplace_subnet_ext import DenseSubnetLaplace, selection
+from laplace_subnet_ext.selection import (
+    MagnitudeMask,
+    OBDMask,
+    WassersteinSubnetMask,
+    resolve_n_params_subnet,
+)
+from laplace_subnet_ext.selection.variance import diag_curvature
+from tests.cases import assert_close, loader, mlp
+
+D = 74
+
+
+def test_registry_refuses_duplicates_and_lists_names():
+    assert {"wasserstein", "random", "magnitude", "obd", "gradient_energy"} <= set(
+        selection.available()
+    )
+    with pytest.raises(ValueError, match="already registered.*overwrite=True"):
+        selection.register("random", RandomSubnetMask)
+    with pytest.raises(
+        ValueError, match="unknown selection strategy 'nope'.*wasserstein"
+    ):
+        selection.get("nope")
+    with pytest.raises(TypeError, match="select"):
+        selection.register("bad", int)
+
+
+@pytest.mark.parametrize(
+    "spec, expected", [(10, 10), (0.5, 37), (10.0, 10), ("auto", 353)]
+)
+def test_n_params_subnet_forms(spec, expected):
+    budget = "4MB" if spec == "auto" else None
+    n_total = 10**6 if spec == "auto" else D
+    assert resolve_n_params_subnet(spec, n_total, budget) == expected
+
+
+@pytest.mark.parametrize("bad", [0, D + 1, 1.5, -0.2, "many", None])
+def test_n_params_subnet_errors(bad):
+    with pytest.raises((ValueError, TypeError), match="n_params_subnet"):
+        resolve_n_params_subnet(bad, D)
+
+
+def test_magnitude_keeps_largest_and_min_per_layer_reaches_every_tensor():
+    model = mlp()
+    theta = parameters_to_vector(model.parameters()).detach()
+    idx = MagnitudeMask(model, 8).select()
+    assert set(idx.tolist()) == set(theta.abs().topk(8).indices.tolist())
+    idx = MagnitudeMask(model, 8, min_per_layer=0.5).select()
+    starts = [0, 36, 48, 72, 74]
+    for lo, hi in zip(starts[:-1], starts[1:]):
+        assert ((idx >= lo) & (idx < hi)).sum() >= 1
+
+
+def test_obd_saliency_matches_dense_ggn_diagonal():
+    model = mlp()
+    dl = loader("regression")
+    mask = OBDMask(model, 10, likelihood="regression")
+    mask.select(dl)
+    ref = FullLaplace(copy.deepcopy(model), "regression")
+    ref.fit(dl)
+    theta = parameters_to_vector(model.parameters()).detach()
+    assert_close(mask.scores, 0.5 * theta**2 * ref.H.diagonal(), 1e-8, "OBD")
+
+
+@pytest.mark.parametrize(
+    "variance", ["function_space", "diag_laplace", "kfac", "exact", "swag"]
+)
+def test_wasserstein_variants_select_and_report(variance):
+    model = mlp()
+    theta = parameters_to_vector(model.parameters()).detach().clone()
+    dl = loader("classification")
+    mask = WassersteinSubnetMask(
+        model,
+        12,
+        variance=variance,
+        likelihood="classification",
+        prior_precision=2.0,
+        swag_kwargs=dict(n_epochs=3, n_snapshots_per_epoch=3),
+    )
+    idx = mask.select(dl)
+    assert idx.numel() == 12
+    assert 0 < mask.retained_variance_fraction <= 1
+    assert torch.equal(parameters_to_vector(model.parameters()), theta)  # untouched
+    la = DenseSubnetLaplace(model, "classification", subnetwork_mask=mask)
+    la.fit(dl)
+    assert la.H.shape == (12, 12)
+
+
+def test_exact_variances_equal_full_laplace_covariance_diagonal():
+    model = mlp()
+    dl = loader("regression")
+    mask = WassersteinSubnetMask(
+        model, 5, variance="exact", likelihood="regression", prior_precision=0.5
+    )
+    mask.select(dl)
+    ref = FullLaplace(copy.deepcopy(model), "regression", prior_precision=0.5)
+    ref.fit(dl)
+    var = ref.posterior_covariance.diagonal()
+    assert_close(mask.variances, var, 1e-8, "exact variances")
+    assert set(mask.indices.tolist()) == set(var.topk(5).indices.tolist())
+
+
+def test_diag_laplace_excludes_zero_curvature_weights():
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2)
+    )
+    with torch.no_grad():
+        model[0].bias[:3] = -100.0  # three dead units
+    dl = loader("regression")
+    h = diag_curvature(model, "regression", dl)
+    mask = WassersteinSubnetMask(
+        model, 10, variance="diag_laplace", likelihood="regression"
+    )
+    idx = mask.select(dl)
+    assert mask.n_excluded == int((h == 0).sum()) > 0
+    assert (h[idx] > 0).all()
+
+
+def test_swag_welford_matches_two_pass_variance():
+    from laplace_subnet_ext.selection import variance as v
+
+    torch.manual_seed(0)
+    model = mlp()
+    dl = loader("regression", n=21, bs=7)
+    torch.manual_seed(5)
+    var = v.swag_variance(model, "regression", dl, n_epochs=4, n_snapshots_per_epoch=3)
+    # two-pass reference over the same SGD trajectory
+    torch.manual_seed(5)
+    work = copy.deepcopy(model)
+    opt = torch.optim.SGD(work.parameters(), lr=0.01, momentum=0.9, weight_decay=3e-4)
+    snaps = []
+    for _ in range(4):
+        for X, y in dl:
+            opt.zero_grad()
+            torch.nn.MSELoss()(work(X), y).backward()
+            opt.step()
+            snaps.append(parameters_to_vector(work.parameters()).detach().clone())
+    ref = torch.stack(snaps).var(0, unbiased=False)
+    assert_close(var, ref, 1e-8, "SWAG variance")

@@ -20,9 +20,37 @@ import time
 PROBLEMS_HELP = "MLP 100 -> width -> width -> 10 inputs/outputs; D grows with width^2"
 
 
-def _run(impl: str, width: int, n_subnet: int, n_train: int, n_test: int, lik: str, q):
-    import torch
+def _build(kind: str, width: int):
     from torch import nn
+
+    if kind == "mlp":
+        return nn.Sequential(
+            nn.Linear(100, width),
+            nn.ReLU(),
+            nn.Linear(width, width),
+            nn.ReLU(),
+            nn.Linear(width, 10),
+        ), (100,)
+    # CNN on 32x32x3 inputs; width = channels of the first block
+    c = width
+    layers, ch = [], 3
+    for out in (c, 2 * c, 4 * c, 8 * c):
+        layers += [
+            nn.Conv2d(ch, out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out),
+            nn.ReLU(),
+            nn.Conv2d(out, out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
+        ch = out
+    layers += [nn.Flatten(), nn.Linear(ch * 2 * 2, 10)]
+    return nn.Sequential(*layers).eval(), (3, 32, 32)
+
+
+def _run(impl, kind, width, n_subnet, n_train, n_test, lik, q):
+    import torch
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.set_num_threads(2)
@@ -31,75 +59,74 @@ def _run(impl: str, width: int, n_subnet: int, n_train: int, n_test: int, lik: s
 
     from laplace_subnet_ext import DenseSubnetLaplace
 
-    model = nn.Sequential(
-        nn.Linear(100, width),
-        nn.ReLU(),
-        nn.Linear(width, width),
-        nn.ReLU(),
-        nn.Linear(width, 10),
-    )
+    model, in_shape = _build(kind, width)
     D = sum(p.numel() for p in model.parameters())
-    X = torch.randn(n_train, 100)
+    X = torch.randn(n_train, *in_shape)
     y = (
         torch.randint(10, (n_train,))
         if lik == "classification"
         else torch.randn(n_train, 10)
     )
     dl = DataLoader(TensorDataset(X, y), batch_size=100)
-    out = {"impl": impl, "width": width, "D": D, "S": n_subnet, "lik": lik}
-    t = time.perf_counter()
-    idx = torch.randperm(D)[:n_subnet]
-    out["select_s"] = time.perf_counter() - t
+    out = {
+        "impl": impl,
+        "model": kind,
+        "width": width,
+        "D": D,
+        "S": n_subnet,
+        "lik": lik,
+    }
+
+    def step(name, fn):
+        t = time.perf_counter()
+        fn()
+        out[name] = time.perf_counter() - t
+        out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        q.put(dict(out))  # partial results survive a later out-of-memory kill
+
+    holder = {}
+    step("select_s", lambda: holder.update(idx=torch.randperm(D)[:n_subnet]))
     cls = FullSubnetLaplace if impl == "laplace" else DenseSubnetLaplace
-    la = cls(model, lik, idx, prior_precision=1.0)
-    t = time.perf_counter()
-    la.fit(dl)
-    out["fit_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    la.optimize_prior_precision(method="marglik", n_steps=100)
-    out["marglik_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    la(
-        torch.randn(n_test, 100), pred_type="glm", link_approx="probit"
-    ) if lik == "classification" else la(torch.randn(n_test, 100))
-    out["predict_s"] = time.perf_counter() - t
-    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    q.put(out)
+    la = cls(model, lik, holder["idx"], prior_precision=1.0)
+    step("fit_s", lambda: la.fit(dl))
+    step(
+        "marglik_s", lambda: la.optimize_prior_precision(method="marglik", n_steps=100)
+    )
+    Xte = torch.randn(n_test, *in_shape)
+    step("predict_s", lambda: la(Xte, pred_type="glm"))
+    out["done"] = True
+    q.put(dict(out))
 
 
-def run_capped(impl, width, n_subnet, n_train, n_test, lik, cap_s):
+def run_capped(impl, kind, width, n_subnet, n_train, n_test, lik, cap_s):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_run, args=(impl, width, n_subnet, n_train, n_test, lik, q))
-    t = time.perf_counter()
+    args = (impl, kind, width, n_subnet, n_train, n_test, lik, q)
+    p = ctx.Process(target=_run, args=args)
     p.start()
-    p.join(cap_s)
+    res = {"impl": impl, "model": kind, "width": width, "S": n_subnet, "lik": lik}
+    deadline = time.perf_counter() + cap_s
+    while p.is_alive() and time.perf_counter() < deadline:
+        p.join(0.5)
+        while not q.empty():
+            res = q.get()
+    time.sleep(0.2)
+    while not q.empty():
+        res = q.get()
     if p.is_alive():
         p.kill()
         p.join()
-        return {
-            "impl": impl,
-            "width": width,
-            "S": n_subnet,
-            "lik": lik,
-            "status": f"did not finish in {cap_s:.0f} s",
-        }
-    if p.exitcode != 0 or q.empty():
-        return {
-            "impl": impl,
-            "width": width,
-            "S": n_subnet,
-            "lik": lik,
-            "status": f"failed (exit {p.exitcode}, e.g. out of memory)",
-        }
-    res = q.get()
-    res["status"] = "ok"
-    res["total_s"] = time.perf_counter() - t
+        res["status"] = f"did not finish in {cap_s:.0f} s"
+    elif not res.get("done"):
+        res["status"] = f"killed (exit {p.exitcode}; out of memory)"
+    else:
+        res["status"] = "ok"
     return res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
     ap.add_argument("--widths", type=int, nargs="+", default=[300, 980])
     ap.add_argument("--n-subnet", type=int, nargs="+", default=[1000])
     ap.add_argument("--likelihoods", nargs="+", default=["classification"])
@@ -114,7 +141,9 @@ def main() -> None:
         for width in a.widths:
             for s in a.n_subnet:
                 for impl in a.impls:
-                    r = run_capped(impl, width, s, a.n_train, a.n_test, lik, a.cap)
+                    r = run_capped(
+                        impl, a.model, width, s, a.n_train, a.n_test, lik, a.cap
+                    )
                     rows.append(r)
                     print(json.dumps(r), flush=True)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
@@ -142,7 +171,7 @@ def main() -> None:
 
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
         for impl in a.impls:
-            ok = [r for r in rows if r["impl"] == impl and r["status"] == "ok"]
+            ok = [r for r in rows if r["impl"] == impl and "fit_s" in r]
             axes[0].plot(
                 [r["D"] for r in ok], [r["fit_s"] for r in ok], "o-", label=impl
             )

@@ -149,3 +149,50 @@ def test_swag_welford_matches_two_pass_variance():
             snaps.append(parameters_to_vector(work.parameters()).detach().clone())
     ref = torch.stack(snaps).var(0, unbiased=False)
     assert_close(var, ref, 1e-8, "SWAG variance")
+
+
+def test_name_mask_includes_nonleaf_owned_parameters():
+    from laplace_subnet_ext.selection import NameMask
+    from tests.cases import NonLeafParam
+
+    model = NonLeafParam()
+    names = [n for n, _ in model.named_parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    idx = NameMask(model, module_names=[""]).select()  # root module owns scale/out_w
+    assert idx.numel() == sum(sizes)
+    idx = NameMask(model, parameter_names=["scale"]).select()
+    start = sum(sizes[: names.index("scale")])
+    assert idx.tolist() == list(range(start, start + 6))
+    with pytest.raises(ValueError, match="unknown names"):
+        NameMask(model, parameter_names=["nope"])
+
+
+def test_last_layer_mask_equals_laplace_last_layer():
+    from laplace.utils import LastLayerSubnetMask
+
+    from laplace_subnet_ext.selection import LastLayerMask
+
+    model = mlp()
+    dl = loader("regression")
+    ours = LastLayerMask(model).select(dl)
+    theirs = LastLayerSubnetMask(model).select(dl)
+    assert torch.equal(ours, theirs)
+
+
+def test_structured_mask_keeps_whole_units_by_summed_score():
+    from laplace_subnet_ext.selection import StructuredMask
+
+    model = mlp()  # Linear(3,12): units of 4 weights; Linear(12,2): units of 13
+    theta = parameters_to_vector(model.parameters()).detach().abs()
+    mask = StructuredMask(model, 17, score="magnitude")
+    idx = mask.select()
+    units = mask.units()
+    scores = torch.stack([theta[u].sum() for u in units])
+    chosen = set(idx.tolist())
+    kept = [k for k, u in enumerate(units) if set(u.tolist()) <= chosen]
+    assert sum(units[k].numel() for k in kept) == idx.numel() <= 17
+    # greedy by score: the best unit is always kept
+    assert int(scores.argmax()) in kept
+    for k, u in enumerate(units):  # no partial units
+        inter = len(chosen & set(u.tolist()))
+        assert inter in (0, u.numel())

@@ -27,3 +27,11 @@ __all__ = [
     "WassersteinSubnetMask",
     "VARIANCES",
 ]
+
+from laplace_subnet_ext.selection.structured import (  # noqa: E402
+    LastLayerMask,
+    NameMask,
+    StructuredMask,
+)
+
+__all__ += ["NameMask", "LastLayerMask", "StructuredMask"]

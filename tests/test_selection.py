@@ -193,6 +193,25 @@ def test_structured_mask_keeps_whole_units_by_summed_score():
     assert sum(units[k].numel() for k in kept) == idx.numel() <= 17
     # greedy by score: the best unit is always kept
     assert int(scores.argmax()) in kept
-    for k, u in enumerate(units):  # no partial units
+    for u in units:  # no partial units
         inter = len(chosen & set(u.tolist()))
         assert inter in (0, u.numel())
+
+
+def test_size_curve_follows_one_ranking_and_matches_direct_fits():
+    from laplace_subnet_ext.selection import subnet_size_curve
+
+    model = mlp()
+    dl = loader("regression")
+    mask = WassersteinSubnetMask(model, 10, variance="exact", likelihood="regression")
+    mask.select(dl)
+    rows = subnet_size_curve(
+        model, "regression", dl, mask, [5, 20, 74], tune_prior=False
+    )
+    assert [r["S"] for r in rows] == [5, 20, 74]
+    fr = [r["retained_fraction"] for r in rows]
+    assert fr[0] < fr[1] < fr[2] and abs(fr[2] - 1) < 1e-12
+    top20 = mask.variances.argsort(descending=True)[:20]
+    la = DenseSubnetLaplace(model, "regression", top20)
+    la.fit(dl)
+    assert_close(rows[1]["log_marglik"], la.log_marginal_likelihood(), 1e-10, "S=20")

@@ -35,3 +35,7 @@ from laplace_subnet_ext.selection.structured import (  # noqa: E402
 )
 
 __all__ += ["NameMask", "LastLayerMask", "StructuredMask"]
+
+from laplace_subnet_ext.selection.sizing import subnet_size_curve  # noqa: E402
+
+__all__ += ["subnet_size_curve"]

@@ -6,7 +6,7 @@ full-covariance Laplace, diagonal Laplace, last-layer Laplace and subnetwork Lap
 with S = 50 %, 3 %, 1 % of the weights chosen by every registered strategy, with and
 without the prior rescaling lambda * S / D. For each we report
 
-* ``dist``: mean |log(std / std_full)| of the epistemic std over a grid spanning the
+* ``dist``: mean |log(std / std_full)| of the epistemic std (floored at 1e-6) over a grid spanning the
   data, the gap between the clusters and the outside (0 = same as full covariance);
 * ``gap_std``: mean epistemic std in the gap;
 * ``test_ll``: mean test log-likelihood (test points from both clusters and the gap).
@@ -129,7 +129,7 @@ def select(model, spec: dict, S: int, loader, sigma: float, seed: int) -> torch.
 
 def glm_std(la, x) -> torch.Tensor:
     _, var = la(x, pred_type="glm")
-    return var.reshape(-1).clamp_min(1e-300).sqrt()
+    return var.reshape(-1).clamp_min(0).sqrt().clamp_min(1e-6)  # floor: log of 0
 
 
 def evaluate(la, std_full, xt, yt, sigma) -> dict[str, float]:

@@ -47,11 +47,20 @@ def psd_eigh(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     -------
     g : torch.Tensor
         ``(s,)`` eigenvalues, ``>= 0`` (tiny negative round-off set to 0).
+        If LAPACK fails to converge in the input dtype, the decomposition is
+        retried in float64 and cast back.
     V : torch.Tensor
         ``(s, s)`` orthonormal eigenvectors (columns).
     """
     check_finite(H)
-    g, V = torch.linalg.eigh(0.5 * (H + H.T))
+    sym = 0.5 * (H + H.T)
+    try:
+        g, V = torch.linalg.eigh(sym)
+    except torch.linalg.LinAlgError:
+        # LAPACK's divide-and-conquer can fail on float32 GGNs with many zero
+        # eigenvalues (dead ReLUs); float64 converges, then cast back.
+        g, V = torch.linalg.eigh(sym.double())
+        g, V = g.to(H.dtype), V.to(H.dtype)
     return g.clamp_min(0.0), V
 
 

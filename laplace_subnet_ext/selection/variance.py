@@ -18,7 +18,7 @@ import copy
 
 import torch
 from laplace import DiagLaplace, FullLaplace, KronLaplace
-from laplace.curvature import CurvlinopsEF, CurvlinopsGGN
+from laplace.curvature import BackPackEF, BackPackGGN, CurvlinopsEF, CurvlinopsGGN
 from torch import nn
 from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader
@@ -29,11 +29,25 @@ __all__ = ["diag_curvature", "laplace_variance", "swag_variance"]
 def diag_curvature(
     model: nn.Module, likelihood: str, train_loader: DataLoader, kind: str = "ggn"
 ) -> torch.Tensor:
-    """``(p,)`` diagonal of the GGN (``kind="ggn"``) or empirical Fisher (``"ef"``)."""
-    backend = CurvlinopsGGN if kind == "ggn" else CurvlinopsEF
-    la = DiagLaplace(model, likelihood, backend=backend)
-    la.fit(train_loader)
-    return la.H.detach()
+    """``(p,)`` diagonal of the GGN (``kind="ggn"``) or empirical Fisher (``"ef"``).
+
+    Uses laplace's BackPACK backend (fast, exact diagonal) on a copy of the model,
+    so BackPACK's hooks never touch the caller's model; models BackPACK cannot
+    handle (non-sequential containers, custom modules) fall back to Curvlinops.
+    """
+    backends = (
+        (BackPackGGN, CurvlinopsGGN) if kind == "ggn" else (BackPackEF, CurvlinopsEF)
+    )
+    for backend in backends:
+        work = copy.deepcopy(model) if backend in (BackPackGGN, BackPackEF) else model
+        try:
+            la = DiagLaplace(work, likelihood, backend=backend)
+            la.fit(train_loader)
+            return la.H.detach()
+        except (NotImplementedError, RuntimeError, TypeError, ValueError):
+            if backend is backends[-1]:
+                raise
+    raise AssertionError("unreachable")
 
 
 def laplace_variance(

@@ -1,0 +1,90 @@
+"""The examples run end to end in --quick mode and write sane results."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_example(name: str, tmp_path: Path, *extra: str) -> dict:
+    out = tmp_path / name
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / f"{name}.py"),
+            "--quick",
+            "--out",
+            str(out),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+    return json.loads((tmp_path / f"{name}.json").read_text())
+
+
+def test_toy_regression_quick(tmp_path):
+    res = run_example("toy_regression", tmp_path)
+    summary = res["summary"]
+    full = next(r for r in summary if r["method"] == "full")
+    assert full["dist"] == 0.0
+    methods = {r["method"] for r in summary}
+    assert {
+        "diagonal",
+        "last_layer",
+        "random",
+        "wasserstein(function_space)",
+    } <= methods
+    assert all(math.isfinite(r["test_ll"]) for r in summary)
+    fr = {(r["fraction"], r["rescaled"]) for r in summary if r["method"] == "random"}
+    assert fr == {(f, b) for f in (0.5, 0.03, 0.01) for b in (True, False)}
+
+
+def test_tabular_regression_quick(tmp_path):
+    res = run_example("tabular_regression", tmp_path)
+    rows = res["summary"]
+    sub = [r for r in rows if r["method"].startswith("subnet")]
+    small = {r["S"] for r in rows if r["method"] == "full Laplace"}
+    assert sub and {r["S"] for r in sub} == small  # subnetworks match small nets' sizes
+    assert all(r["D"] > r["S"] for r in sub)
+    assert all(math.isfinite(r["test_ll"]) for r in rows)
+
+
+def test_shift_classification_quick(tmp_path):
+    res = run_example("shift_classification", tmp_path)
+    methods = {r["method"] for r in res["summary"]}
+    assert {
+        "MAP",
+        "diag Laplace",
+        "KFAC Laplace",
+        "last-layer Laplace",
+        "subnet Wasserstein",
+        "subnet random",
+        "MC dropout",
+        "SWAG (diag)",
+    } <= methods
+    for r in res["summary"]:
+        assert 0 <= r["acc"] <= 1 and 0 <= r["ece"] <= 1 and r["ll"] <= 0
+
+
+@pytest.mark.parametrize("script", ["bench_vs_laplace", "bench_marglik"])
+def test_benchmarks_parse_arguments(script):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0 and "usage" in proc.stdout

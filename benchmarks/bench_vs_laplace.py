@@ -49,7 +49,24 @@ def _build(kind: str, width: int):
     return nn.Sequential(*layers).eval(), (3, 32, 32)
 
 
-def _run(impl, kind, width, n_subnet, n_train, n_test, lik, q):
+def _bound(model, dl, n_out: int, n_subnet: int) -> float:
+    """Seconds for the necessary work: c backward passes over the data and the
+    (N c x S)^T (N c x S) product of J^T Lambda J (one GEMM)."""
+    import torch
+
+    t = time.perf_counter()
+    for X, _ in dl:
+        f = model(X)
+        for k in range(n_out):
+            torch.autograd.grad(
+                f[:, k].sum(), list(model.parameters()), retain_graph=True
+            )
+    A = torch.randn(len(dl.dataset) * n_out, n_subnet)
+    A.T @ A
+    return time.perf_counter() - t
+
+
+def _run(impl, kind, width, n_subnet, n_train, n_test, lik, q, backend_name="default"):
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -87,21 +104,30 @@ def _run(impl, kind, width, n_subnet, n_train, n_test, lik, q):
     holder = {}
     step("select_s", lambda: holder.update(idx=torch.randperm(D)[:n_subnet]))
     cls = FullSubnetLaplace if impl == "laplace" else DenseSubnetLaplace
-    la = cls(model, lik, holder["idx"], prior_precision=1.0)
+    kw = {}
+    if impl == "laplace" and backend_name != "default":
+        import laplace.curvature as curv
+
+        kw["backend"] = getattr(curv, backend_name)
+    la = cls(model, lik, holder["idx"], prior_precision=1.0, **kw)
     step("fit_s", lambda: la.fit(dl))
     step(
         "marglik_s", lambda: la.optimize_prior_precision(method="marglik", n_steps=100)
     )
     Xte = torch.randn(n_test, *in_shape)
     step("predict_s", lambda: la(Xte, pred_type="glm"))
+    if impl == "ours":
+        out["flop_bound_s"] = _bound(model, dl, 10, n_subnet)
     out["done"] = True
     q.put(dict(out))
 
 
-def run_capped(impl, kind, width, n_subnet, n_train, n_test, lik, cap_s):
+def run_capped(
+    impl, kind, width, n_subnet, n_train, n_test, lik, cap_s, backend="default"
+):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    args = (impl, kind, width, n_subnet, n_train, n_test, lik, q)
+    args = (impl, kind, width, n_subnet, n_train, n_test, lik, q, backend)
     p = ctx.Process(target=_run, args=args)
     p.start()
     res = {"impl": impl, "model": kind, "width": width, "S": n_subnet, "lik": lik}
@@ -134,6 +160,12 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=1000)
     ap.add_argument("--impls", nargs="+", default=["laplace", "ours"])
     ap.add_argument("--cap", type=float, default=180.0)
+    ap.add_argument(
+        "--laplace-backend",
+        default="BackPackGGN",
+        help="laplace backend class name for the laplace runs (default: BackPackGGN, "
+        "laplace's fastest for MLPs/sequential CNNs; 'default' = CurvlinopsGGN)",
+    )
     ap.add_argument("--out", default="benchmarks/results/vs_laplace")
     a = ap.parse_args()
     rows = []
@@ -142,7 +174,15 @@ def main() -> None:
             for s in a.n_subnet:
                 for impl in a.impls:
                     r = run_capped(
-                        impl, a.model, width, s, a.n_train, a.n_test, lik, a.cap
+                        impl,
+                        a.model,
+                        width,
+                        s,
+                        a.n_train,
+                        a.n_test,
+                        lik,
+                        a.cap,
+                        a.laplace_backend,
                     )
                     rows.append(r)
                     print(json.dumps(r), flush=True)
@@ -151,7 +191,7 @@ def main() -> None:
         json.dump({"args": vars(a), "cpu_threads": 2, "rows": rows}, fh, indent=1)
     print(
         f"\n{'impl':<8} {'lik':<15} {'D':>9} {'S':>6} {'fit s':>8} {'marglik s':>9} "
-        f"{'predict s':>9} {'peak GB':>8}  status"
+        f"{'predict s':>9} {'peak GB':>8} {'bound s':>8}  status"
     )
     for r in rows:
 
@@ -159,9 +199,9 @@ def main() -> None:
             return f"{r[k]:.2f}" if k in r else "-"
 
         print(
-            f"{r['impl']:<8} {r['lik']:<15} {r.get('D', '-'):>9} {r['S']:>6} "
+            f"{r['impl']:<8} {r.get('model', 'mlp')}/{r['lik']:<11} {r.get('D', '-'):>9} {r['S']:>6} "
             f"{f('fit_s'):>8} {f('marglik_s'):>9} {f('predict_s'):>9} "
-            f"{f('peak_rss_gb'):>8}  {r['status']}"
+            f"{f('peak_rss_gb'):>8} {f('flop_bound_s'):>8}  {r['status']}"
         )
     try:
         import matplotlib

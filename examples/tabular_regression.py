@@ -114,6 +114,14 @@ def gaussian_ll(mu, var, y) -> float:
     )
 
 
+def map_ll(model, tr, te) -> tuple[float, float]:
+    """Test LL of the MAP net with the maximum-likelihood noise, and that noise."""
+    with torch.no_grad():
+        sigma = (model(tr[0]) - tr[1]).pow(2).mean().sqrt().item()
+        ll = gaussian_ll(model(te[0]), torch.full_like(te[1], sigma**2), te[1])
+    return ll, sigma
+
+
 def laplace_ll(model, idx, tr, va, te) -> tuple[float, float]:
     """Fit subnetwork Laplace, choose the prior on validation LL, return test LL."""
     with torch.no_grad():
@@ -158,11 +166,7 @@ def run(quick: bool) -> list[dict]:
             model = train(w, tr, va, k, epochs)
             D = sum(p.numel() for p in model.parameters())
             sizes[w] = D
-            with torch.no_grad():
-                sigma = (model(tr[0]) - tr[1]).pow(2).mean().sqrt().item()
-                map_ll = gaussian_ll(
-                    model(te[0]), torch.full_like(te[1], sigma**2), te[1]
-                )
+            ll_map, sigma = map_ll(model, tr, te)
             rows.append(
                 dict(
                     dataset=d,
@@ -172,7 +176,7 @@ def run(quick: bool) -> list[dict]:
                     S=D,
                     D=D,
                     method="MAP",
-                    test_ll=map_ll,
+                    test_ll=ll_map,
                 )
             )
             ll, lam = laplace_ll(model, torch.arange(D), tr, va, te)
@@ -192,11 +196,7 @@ def run(quick: bool) -> list[dict]:
         for w in widths_large:
             model = train(w, tr, va, k, epochs)
             D = sum(p.numel() for p in model.parameters())
-            with torch.no_grad():
-                sigma = (model(tr[0]) - tr[1]).pow(2).mean().sqrt().item()
-                map_ll = gaussian_ll(
-                    model(te[0]), torch.full_like(te[1], sigma**2), te[1]
-                )
+            ll_map, sigma = map_ll(model, tr, te)
             rows.append(
                 dict(
                     dataset=d,
@@ -206,7 +206,7 @@ def run(quick: bool) -> list[dict]:
                     S=0,
                     D=D,
                     method="MAP",
-                    test_ll=map_ll,
+                    test_ll=ll_map,
                 )
             )
             loader = DataLoader(TensorDataset(*tr), batch_size=256)

@@ -12,8 +12,6 @@ maths lives in :mod:`.linalg`, the Jacobians in :mod:`laplace_subnet_ext.jacobia
 
 from __future__ import annotations
 
-import inspect
-import warnings
 from collections.abc import MutableMapping
 from math import log, pi
 from typing import Any
@@ -23,21 +21,21 @@ import tqdm
 from laplace import FullSubnetLaplace
 from laplace.baselaplace import ParametricLaplace
 from laplace.curvature import EFInterface, GGNInterface
-from laplace.utils.enums import PredType, PriorStructure, TuningMethod
 from torch import nn
 from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader
 
 from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
-from laplace_subnet_ext.jacobians.batching import batch_size, slice_batch, to_device
+from laplace_subnet_ext.jacobians.batching import to_device
 from laplace_subnet_ext.posterior import linalg
+from laplace_subnet_ext.posterior.curvature import batch_curvature, output_curvature
 from laplace_subnet_ext.posterior.indices import normalize_subnetwork_indices
 from laplace_subnet_ext.posterior.memory import check_dense_fits, parse_bytes
-from laplace_subnet_ext.prior import (
-    as_prior_tensor,
-    restrict_prior_mean,
-    restrict_prior_precision,
-)
+from laplace_subnet_ext.posterior.predictive import BlockedPredictiveMixin
+from laplace_subnet_ext.posterior.state import SubnetStateMixin
+from laplace_subnet_ext.prior.mixin import SubnetPriorMixin
+from laplace_subnet_ext.prior.tuning import PriorTuningMixin
+from laplace_subnet_ext.selection.resolve import select_indices
 
 __all__ = ["DenseSubnetLaplace", "NotFittedError"]
 
@@ -50,7 +48,13 @@ class NotFittedError(RuntimeError, AttributeError):
     """Raised when a fitted posterior is needed; also an ``AttributeError`` as in laplace."""
 
 
-class DenseSubnetLaplace(FullSubnetLaplace):
+class DenseSubnetLaplace(
+    SubnetPriorMixin,
+    PriorTuningMixin,
+    BlockedPredictiveMixin,
+    SubnetStateMixin,
+    FullSubnetLaplace,
+):
     r"""Dense subnetwork Laplace whose Jacobians cover the S selected weights only.
 
     Drop-in for ``laplace.FullSubnetLaplace``; ``import laplace_subnet_ext`` makes
@@ -235,26 +239,11 @@ class DenseSubnetLaplace(FullSubnetLaplace):
 
     @property
     def output_curvature(self) -> GGNInterface | EFInterface:
-        """The backend's curvature type (GGN / MC-Fisher / EF) and loss, on no model.
-
-        Built as laplace's own ``GGNInterface`` / ``EFInterface`` around a
-        placeholder module, so its ``lossfunc``, ``factor`` and output Hessians
-        are laplace's, without hooking BackPACK/ASDL into the user's model.
-        """
+        """The backend's curvature type and loss (see :func:`.curvature.output_curvature`)."""
         if getattr(self, "_output_curvature", None) is None:
-            kind = (
-                EFInterface
-                if issubclass(self._backend_cls, EFInterface)
-                else GGNInterface
+            self._output_curvature = output_curvature(
+                self._backend_cls, self._backend_kwargs, self.likelihood
             )
-            kwargs = {
-                k: v
-                for k, v in self._backend_kwargs.items()
-                if k in ("stochastic", "num_samples")
-            }
-            if kind is EFInterface:
-                kwargs = {}
-            self._output_curvature = kind(nn.Identity(), self.likelihood, **kwargs)
         return self._output_curvature
 
     def _backend_jacobians(self, x):
@@ -263,26 +252,9 @@ class DenseSubnetLaplace(FullSubnetLaplace):
 
     def _select(self, train_loader: DataLoader | None) -> torch.Tensor:
         mask, n_sub, kwargs = self._mask
-        if isinstance(mask, str):
-            from laplace_subnet_ext import selection
-
-            mask = selection.get(mask)
-        if isinstance(mask, type):
-            params = inspect.signature(mask.__init__).parameters
-            kwargs.setdefault("model", self.model)
-            if "n_params_subnet" in params and n_sub is not None:
-                kwargs.setdefault("n_params_subnet", n_sub)
-            if "likelihood" in params:
-                kwargs.setdefault("likelihood", self.likelihood)
-            mask = mask(**kwargs)
-        if not hasattr(mask, "select"):
-            raise TypeError(
-                "subnetwork_mask must be a SubnetMask instance or class, or a "
-                f"registered name; got {type(mask).__name__}."
-            )
-        if getattr(mask, "_indices", None) is not None:
-            return mask.indices
-        return mask.select(train_loader)
+        return select_indices(
+            mask, self.model, self.likelihood, train_loader, n_sub, kwargs
+        )
 
     def _init_H(self) -> None:
         self._eig_cache = None
@@ -292,62 +264,6 @@ class DenseSubnetLaplace(FullSubnetLaplace):
             return
         s = self.n_params_subnet
         self.H = torch.zeros(s, s, device=self._device, dtype=self._cdtype)
-
-    # ----------------------------------------------------------------------- prior
-    @property
-    def prior_precision(self) -> torch.Tensor:
-        """Subnetwork prior precision: length 1, one per touched tensor, or S."""
-        if self._layout is None:
-            return self._prior_precision_spec
-        return self._prior_precision
-
-    @prior_precision.setter
-    def prior_precision(self, value: float | torch.Tensor) -> None:
-        self._posterior_scale = None
-        t = as_prior_tensor(value, "prior_precision", self._device, self._dtype)
-        if getattr(self, "_layout", None) is None:
-            self._prior_precision_spec = t
-            return
-        self._prior_precision, self._prior_structure = restrict_prior_precision(
-            t, self._layout, self._prior_structure
-        )
-
-    @property
-    def prior_structure(self) -> str | None:
-        """``"scalar"``, ``"layerwise"`` or ``"diag"`` (None before selection)."""
-        return self._prior_structure
-
-    @property
-    def prior_mean(self) -> torch.Tensor:
-        return self._prior_mean if self._layout is not None else self._prior_mean_spec
-
-    @prior_mean.setter
-    def prior_mean(self, value: float | torch.Tensor) -> None:
-        t = as_prior_tensor(value, "prior_mean", self._device, self._dtype)
-        if getattr(self, "_layout", None) is None:
-            self._prior_mean_spec = t
-            return
-        self._prior_mean = restrict_prior_mean(t, self._layout)
-
-    def _apply_prior(self) -> None:
-        """Restrict the constructor's prior to the now known subnetwork (+ rescale)."""
-        spec = self._prior_precision_spec
-        self.prior_precision_full_network = spec
-        if self.prior_rescaling:
-            spec = spec * (self.n_params_subnet / self.n_params)
-        self.prior_precision = spec
-        self.prior_mean = self._prior_mean_spec
-
-    @property
-    def prior_precision_diag(self) -> torch.Tensor:
-        """``(s,)`` diagonal of the subnetwork prior precision :math:`P_0`."""
-        self._check_selected()
-        prior = self._prior_precision
-        if self._prior_structure == "scalar":
-            return prior.expand(self.n_params_subnet)
-        if self._prior_structure == "layerwise":
-            return prior[self._layout.tensor_of_position()]
-        return prior
 
     # ------------------------------------------------------------------------- fit
     def fit(
@@ -401,26 +317,7 @@ class DenseSubnetLaplace(FullSubnetLaplace):
             raise ValueError(
                 f"The model's output has {f.ndim} dims but the target has {y.ndim} dims."
             )
-        backend = self.output_curvature
-        loss = backend.factor * backend.lossfunc(f, y)
-        Js = Js.to(self._cdtype)
-        S = Js.shape[-1]
-        if isinstance(backend, EFInterface):
-            f_ = f.detach().requires_grad_(True)
-            with torch.enable_grad():
-                (r,) = torch.autograd.grad(backend.lossfunc(f_, y), f_)
-            G = torch.einsum("bcs,bc->bs", Js, r.to(self._cdtype))
-            return loss.detach(), backend.factor * (G.T @ G)
-        Lam = (
-            backend._get_mc_functional_fisher(f)
-            if getattr(backend, "stochastic", False)
-            else backend._get_functional_hessian(f)
-        )
-        flat = Js.reshape(-1, S)
-        if Lam is None:  # regression: exact GGN with identity output Hessian
-            return loss.detach(), flat.T @ flat
-        LJ = torch.einsum("bck,bks->bcs", Lam.to(self._cdtype), Js).reshape(-1, S)
-        return loss.detach(), flat.T @ LJ
+        return batch_curvature(self.output_curvature, Js, f, y, self._cdtype)
 
     # ------------------------------------------------------------------- posterior
     def _check_H_init(self) -> None:
@@ -497,153 +394,3 @@ class DenseSubnetLaplace(FullSubnetLaplace):
             + self.log_det_posterior_precision / 2
             - self.square_norm(value) / 2
         )
-
-    # ------------------------------------------------------------------ predictive
-    def __call__(self, x, pred_type="glm", *args, progress_bar: bool = False, **kw):
-        """laplace's predictive; ``progress_bar=True`` shows predictive blocks."""
-        self._predict_pbar = progress_bar
-        try:
-            return super().__call__(x, pred_type, *args, **kw)
-        finally:
-            self._predict_pbar = False
-
-    def _glm_predictive_distribution(
-        self, X, joint: bool = False, diagonal_output: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check_selected()
-        if self.enable_backprop:  # differentiable route: laplace's backend Jacobians
-            return super()._glm_predictive_distribution(X, joint, diagonal_output)
-        X = to_device(X, self._device)
-        n = batch_size(X, self.dict_key_x)
-        itemsize = torch.empty((), dtype=self._cdtype).element_size()
-        per_row = max(1, self.n_outputs) * self.n_params_subnet * itemsize * 2
-        block = max(1, min(n, self.predictive_block_bytes // per_row))
-        starts = range(0, n, block)
-        pbar = tqdm.tqdm(starts, disable=not getattr(self, "_predict_pbar", False))
-        pbar.set_description("[GLM predictive]")
-        f_mus, f_vars, Jss = [], [], []
-        for start in pbar:
-            Js, f = self._jacobians(slice_batch(X, start, min(start + block, n), n))
-            f_mus.append(f)
-            if joint:
-                Jss.append(Js)
-            else:
-                fv = self.functional_variance(Js)
-                f_vars.append(fv.diagonal(dim1=-2, dim2=-1) if diagonal_output else fv)
-        f_mu = torch.cat(f_mus)
-        if joint:
-            return f_mu.flatten(), self.functional_covariance(torch.cat(Jss))
-        return f_mu, torch.cat(f_vars)
-
-    # -------------------------------------------------------------------- tuning
-    def optimize_prior_precision(
-        self,
-        pred_type: str = PredType.GLM,
-        method: str = TuningMethod.MARGLIK,
-        n_steps: int = 100,
-        lr: float = 1e-1,
-        init_prior_prec: float | torch.Tensor = 1.0,
-        prior_structure: str = PriorStructure.SCALAR,
-        **kwargs: Any,
-    ) -> None:
-        """laplace's prior tuning on the subnetwork, for every ``prior_structure``.
-
-        ``"scalar"`` marglik steps cost O(S) after one eigendecomposition;
-        ``"layerwise"`` (one precision per touched tensor) and ``"diag"``
-        factorise the S x S precision at every step (O(S^3)). Other keyword
-        arguments as in ``laplace.BaseLaplace.optimize_prior_precision``.
-        """
-        if pred_type not in ("glm", "nn"):
-            raise ValueError(f"pred_type must be 'glm' or 'nn'; got {pred_type!r}.")
-        if method not in ("marglik", "gridsearch"):
-            raise ValueError(
-                f"method must be 'marglik' or 'gridsearch'; got {method!r}."
-            )
-        if prior_structure not in ("scalar", "layerwise", "diag"):
-            raise ValueError(
-                "prior_structure must be 'scalar', 'layerwise' or 'diag'; got "
-                f"{prior_structure!r}."
-            )
-        self._check_H_init()
-        self._check_selected()
-        init = as_prior_tensor(
-            init_prior_prec, "init_prior_prec", self._device, self._dtype
-        )
-        if method == "marglik" and init.numel() == 1 and prior_structure != "scalar":
-            n = (
-                len(self._layout.selections)
-                if prior_structure == "layerwise"
-                else self.n_params_subnet
-            )
-            init = init.expand(n).clone()
-            self._prior_structure = prior_structure
-        ParametricLaplace.optimize_prior_precision(
-            self, pred_type, method, n_steps, lr, init, prior_structure, **kwargs
-        )
-        if method == "gridsearch":
-            base = kwargs.get("log_prior_prec_base", 10.0)
-            lo = base ** kwargs.get("log_prior_prec_min", -4)
-            hi = base ** kwargs.get("log_prior_prec_max", 4)
-            value = float(self.prior_precision.max())
-            if not lo * 1.0001 < value < hi / 1.0001:
-                warnings.warn(
-                    f"the tuned prior precision {value:.3g} lies on the edge of the "
-                    f"search grid [{lo:.3g}, {hi:.3g}]; widen log_prior_prec_min/max.",
-                    stacklevel=2,
-                )
-
-    # --------------------------------------------------------------------- state
-    def state_dict(self) -> dict[str, Any]:
-        """laplace's state plus the subnetwork, prior structure and model signature."""
-        state = super().state_dict()
-        state.update(
-            subnetwork_indices=self.subnetwork_indices,
-            prior_structure=self._prior_structure,
-            prior_rescaling=self.prior_rescaling,
-            prior_precision_full_network=self.prior_precision_full_network,
-            n_params=self.n_params,
-            param_shapes=[tuple(p.shape) for p in self.params],
-        )
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; a mismatching model raises ``ValueError``."""
-        if state_dict.get("cls_name") != type(self).__name__:
-            raise ValueError(
-                f"state_dict is from {state_dict.get('cls_name')!r}, not "
-                f"{type(self).__name__}; check subset_of_weights and hessian_structure."
-            )
-        shapes = [tuple(p.shape) for p in self.params]
-        if (
-            state_dict["n_params"] != self.n_params
-            or state_dict["param_shapes"] != shapes
-        ):
-            raise ValueError(
-                "state_dict was saved for a model with D="
-                f"{state_dict['n_params']} parameters in tensors "
-                f"{state_dict['param_shapes']}; this model has D={self.n_params} in "
-                f"{shapes}. Load it into the same architecture (and requires_grad)."
-            )
-        if state_dict["likelihood"] != self.likelihood:
-            raise ValueError(
-                f"state_dict likelihood is {state_dict['likelihood']!r}; this "
-                f"posterior's is {self.likelihood!r}."
-            )
-        self._prior_precision_spec = state_dict["prior_precision"]
-        self._prior_mean_spec = state_dict["prior_mean"]
-        self.prior_rescaling = False  # stored precision is already the subnet one
-        self._layout = None
-        self._prior_structure = state_dict["prior_structure"]
-        self._set_subnetwork(state_dict["subnetwork_indices"])
-        self.prior_rescaling = state_dict["prior_rescaling"]
-        self.prior_precision_full_network = state_dict["prior_precision_full_network"]
-        self.mean = state_dict["mean"].to(self._device)
-        self.H = state_dict["H"].to(self._device, self._cdtype)
-        self.loss = state_dict["loss"]
-        self.sigma_noise = state_dict["sigma_noise"]
-        self.n_data = state_dict["n_data"]
-        self.n_outputs = state_dict["n_outputs"]
-        self.temperature = state_dict["temperature"]
-        self.enable_backprop = state_dict["enable_backprop"]
-        self._eig_cache = None
-        self._posterior_scale = None

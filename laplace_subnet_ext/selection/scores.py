@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils import parameters_to_vector
 
 from laplace_subnet_ext.selection.base import ScoreSubnetMask
 from laplace_subnet_ext.selection.registry import register
@@ -44,16 +43,20 @@ class MagnitudeMask(ScoreSubnetMask):
         return self.parameter_vector.abs()
 
 
-@register("obd")
-class OBDMask(ScoreSubnetMask):
-    r"""Optimal Brain Damage saliency :math:`\tfrac12 \theta_d^2 H_{dd}` (LeCun et al., 1990),
-    with :math:`H_{dd}` the diagonal GGN on the training data."""
+class _DataScoreMask(ScoreSubnetMask):
+    """A score that needs the likelihood and the training data."""
 
     def __init__(
         self, model: nn.Module, n_params_subnet, *, likelihood: str, **kw
     ) -> None:
         super().__init__(model, n_params_subnet, **kw)
         self.likelihood = likelihood
+
+
+@register("obd")
+class OBDMask(_DataScoreMask):
+    r"""Optimal Brain Damage saliency :math:`\tfrac12 \theta_d^2 H_{dd}` (LeCun et al., 1990),
+    with :math:`H_{dd}` the diagonal GGN on the training data."""
 
     def compute_param_scores(self, train_loader) -> torch.Tensor:
         h = diag_curvature(self.model, self.likelihood, train_loader)
@@ -61,19 +64,9 @@ class OBDMask(ScoreSubnetMask):
 
 
 @register("gradient_energy")
-class GradientEnergyMask(ScoreSubnetMask):
+class GradientEnergyMask(_DataScoreMask):
     r"""Summed squared per-sample loss gradients :math:`\sum_n g_{nd}^2` (diagonal
     empirical Fisher; Fisher pruning, Theis et al., 2018)."""
 
-    def __init__(
-        self, model: nn.Module, n_params_subnet, *, likelihood: str, **kw
-    ) -> None:
-        super().__init__(model, n_params_subnet, **kw)
-        self.likelihood = likelihood
-
     def compute_param_scores(self, train_loader) -> torch.Tensor:
         return diag_curvature(self.model, self.likelihood, train_loader, kind="ef")
-
-
-def _vector(model: nn.Module) -> torch.Tensor:
-    return parameters_to_vector(model.parameters()).detach()

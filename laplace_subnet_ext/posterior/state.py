@@ -1,0 +1,66 @@
+r"""``state_dict`` / ``load_state_dict`` of the dense subnetwork posterior."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["SubnetStateMixin"]
+
+
+class SubnetStateMixin:
+    """laplace's state plus indices, prior structure and a model signature."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """laplace's state plus the subnetwork, prior structure and model signature."""
+        state = super().state_dict()
+        state.update(
+            subnetwork_indices=self.subnetwork_indices,
+            prior_structure=self._prior_structure,
+            prior_rescaling=self.prior_rescaling,
+            prior_precision_full_network=self.prior_precision_full_network,
+            n_params=self.n_params,
+            param_shapes=[tuple(p.shape) for p in self.params],
+        )
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; a mismatching model raises ``ValueError``."""
+        if state_dict.get("cls_name") != type(self).__name__:
+            raise ValueError(
+                f"state_dict is from {state_dict.get('cls_name')!r}, not "
+                f"{type(self).__name__}; check subset_of_weights and hessian_structure."
+            )
+        shapes = [tuple(p.shape) for p in self.params]
+        if (
+            state_dict["n_params"] != self.n_params
+            or state_dict["param_shapes"] != shapes
+        ):
+            raise ValueError(
+                "state_dict was saved for a model with D="
+                f"{state_dict['n_params']} parameters in tensors "
+                f"{state_dict['param_shapes']}; this model has D={self.n_params} in "
+                f"{shapes}. Load it into the same architecture (and requires_grad)."
+            )
+        if state_dict["likelihood"] != self.likelihood:
+            raise ValueError(
+                f"state_dict likelihood is {state_dict['likelihood']!r}; this "
+                f"posterior's is {self.likelihood!r}."
+            )
+        self._prior_precision_spec = state_dict["prior_precision"]
+        self._prior_mean_spec = state_dict["prior_mean"]
+        self.prior_rescaling = False  # stored precision is already the subnet one
+        self._layout = None
+        self._prior_structure = state_dict["prior_structure"]
+        self._set_subnetwork(state_dict["subnetwork_indices"])
+        self.prior_rescaling = state_dict["prior_rescaling"]
+        self.prior_precision_full_network = state_dict["prior_precision_full_network"]
+        self.mean = state_dict["mean"].to(self._device)
+        self.H = state_dict["H"].to(self._device, self._cdtype)
+        self.loss = state_dict["loss"]
+        self.sigma_noise = state_dict["sigma_noise"]
+        self.n_data = state_dict["n_data"]
+        self.n_outputs = state_dict["n_outputs"]
+        self.temperature = state_dict["temperature"]
+        self.enable_backprop = state_dict["enable_backprop"]
+        self._eig_cache = None
+        self._posterior_scale = None

@@ -1,0 +1,55 @@
+"""Turn a ``subnetwork_mask=`` argument (instance, class or name) into indices."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from laplace_subnet_ext.selection.registry import get
+
+__all__ = ["select_indices"]
+
+
+def select_indices(
+    mask: Any,
+    model: nn.Module,
+    likelihood: str,
+    train_loader: DataLoader | None,
+    n_params_subnet: int | float | str | None = None,
+    mask_kwargs: dict[str, Any] | None = None,
+) -> torch.Tensor:
+    """Indices chosen by ``mask``.
+
+    ``mask`` may be a laplace/our ``SubnetMask`` instance (used as is if already
+    selected), a class (built with ``model``, ``n_params_subnet`` and
+    ``likelihood`` where its constructor takes them, plus ``mask_kwargs``), or a
+    registered name.
+
+    Raises
+    ------
+    TypeError
+        If ``mask`` is none of these.
+    """
+    kwargs = dict(mask_kwargs or {})
+    if isinstance(mask, str):
+        mask = get(mask)
+    if isinstance(mask, type):
+        params = inspect.signature(mask.__init__).parameters
+        kwargs.setdefault("model", model)
+        if "n_params_subnet" in params and n_params_subnet is not None:
+            kwargs.setdefault("n_params_subnet", n_params_subnet)
+        if "likelihood" in params:
+            kwargs.setdefault("likelihood", likelihood)
+        mask = mask(**kwargs)
+    if not hasattr(mask, "select"):
+        raise TypeError(
+            "subnetwork_mask must be a SubnetMask instance or class, or a registered "
+            f"name; got {type(mask).__name__}."
+        )
+    if getattr(mask, "_indices", None) is not None:
+        return mask.indices
+    return mask.select(train_loader)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -75,14 +76,32 @@ def test_too_large_subnetwork_is_refused_before_allocation():
         DenseSubnetLaplace(
             model, "regression", torch.arange(100_000), memory_budget="1GB"
         )
-    import re
-
     s_max = int(re.search(r"fits is S=(\d+)", str(e.value)).group(1))
+    # the curvature alone (1 matrix) decides at construction
     assert (
-        dense_posterior_bytes(s_max, 8) <= 10**9 < dense_posterior_bytes(s_max + 1, 8)
+        dense_posterior_bytes(s_max, 8, 1)
+        <= 10**9
+        < dense_posterior_bytes(s_max + 1, 8, 1)
     )
-    assert largest_subnet(10**9, 8) == s_max
-    DenseSubnetLaplace(model, "regression", torch.arange(s_max), memory_budget="1GB")
+    assert largest_subnet(10**9, 8, 1) == s_max
+
+
+def test_curvature_fits_but_factorisation_does_not():
+    """H fits the budget: warn at construction, fit works, the posterior refuses."""
+    model = torch.nn.Linear(30, 20)  # D = 620
+    budget = dense_posterior_bytes(300, 8, 1) + 1  # H of S=300 fits, factorisation not
+    with pytest.warns(UserWarning, match=r"fit\(\) works, the posterior will raise"):
+        la = DenseSubnetLaplace(
+            model, "regression", torch.arange(300), memory_budget=budget
+        )
+    X, y = torch.randn(8, 30), torch.randn(8, 20)
+    la.fit(DataLoader(TensorDataset(X, y), batch_size=4))
+    s_fit = largest_subnet(budget, 8)
+    with pytest.raises(ValueError, match=rf"largest subnetwork that fits is S={s_fit}"):
+        la.log_marginal_likelihood()
+    la.prior_precision = torch.ones(300)  # Cholesky path is checked too
+    with pytest.raises(ValueError, match="factorisation"):
+        _ = la.posterior_covariance
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ maths lives in :mod:`.linalg`, the Jacobians in :mod:`laplace_subnet_ext.jacobia
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import MutableMapping
 from math import log, pi
 from typing import Any
@@ -30,7 +31,15 @@ from laplace_subnet_ext.jacobians.batching import to_device
 from laplace_subnet_ext.posterior import linalg
 from laplace_subnet_ext.posterior.curvature import batch_curvature, output_curvature
 from laplace_subnet_ext.posterior.indices import normalize_subnetwork_indices
-from laplace_subnet_ext.posterior.memory import check_dense_fits, parse_bytes
+from laplace_subnet_ext.posterior.memory import (
+    CURVATURE_MATRICES,
+    FACTOR_MATRICES,
+    available_bytes,
+    check_dense_fits,
+    dense_posterior_bytes,
+    largest_subnet,
+    parse_bytes,
+)
 from laplace_subnet_ext.posterior.predictive import BlockedPredictiveMixin
 from laplace_subnet_ext.posterior.state import SubnetStateMixin
 from laplace_subnet_ext.prior.mixin import SubnetPriorMixin
@@ -209,8 +218,19 @@ class DenseSubnetLaplace(
 
     def _set_subnetwork(self, indices: Any) -> None:
         idx = normalize_subnetwork_indices(indices, self.n_params, device=self._device)
+        S = idx.numel()
         itemsize = torch.empty((), dtype=self._cdtype).element_size()
-        check_dense_fits(idx.numel(), itemsize, self._device, self.memory_budget)
+        check_dense_fits(S, itemsize, self._device, self.memory_budget)
+        total = dense_posterior_bytes(S, itemsize)
+        limit = self.memory_budget or available_bytes(self._device)
+        if total > limit:
+            warnings.warn(
+                f"n_params_subnet={S}: the curvature fits, but factorising the dense "
+                f"posterior needs about {total / 1e9:.2f} GB in all (> "
+                f"{limit / 1e9:.2f} GB); fit() works, the posterior will raise. "
+                f"S={largest_subnet(limit, itemsize)} fits entirely.",
+                stacklevel=3,
+            )
         self._layout = SubnetLayout(self.model, idx)
         if self._backend is not None:
             self._backend.subnetwork_indices = idx
@@ -329,8 +349,30 @@ class DenseSubnetLaplace(
         self._check_H_init()
         key = (id(self.H), self.H._version)
         if self._eig_cache is None or self._eig_cache[0] != key:
+            self._check_factor_fits()
             self._eig_cache = (key, *linalg.psd_eigh(self.H.detach()))
         return self._eig_cache[1], self._eig_cache[2]
+
+    def _check_factor_fits(self) -> None:
+        """Before an eigendecomposition / Cholesky: refuse if it cannot fit."""
+        itemsize = self.H.element_size()
+        if self.memory_budget is not None:
+            check_dense_fits(
+                self.n_params_subnet,
+                itemsize,
+                self._device,
+                self.memory_budget,
+                matrices=CURVATURE_MATRICES + FACTOR_MATRICES,
+                purpose="the curvature and its factorisation",
+            )
+        else:
+            check_dense_fits(
+                self.n_params_subnet,
+                itemsize,
+                self._device,
+                matrices=FACTOR_MATRICES,
+                purpose="factorising the posterior",
+            )
 
     @property
     def _uses_eig(self) -> bool:
@@ -349,6 +391,7 @@ class DenseSubnetLaplace(
         if self._uses_eig:
             g, _ = self._eig()
             return linalg.eig_logdet(g, self._H_factor, self._prior_precision[0])
+        self._check_factor_fits()
         L = torch.linalg.cholesky(self.posterior_precision)
         return 2 * L.diagonal().log().sum()
 
@@ -358,6 +401,7 @@ class DenseSubnetLaplace(
             scale = linalg.eig_scale(g, V, self._H_factor, self._prior_precision[0])
             self._posterior_scale = scale
         else:
+            self._check_factor_fits()
             super()._compute_scale()
 
     def functional_variance(self, Js: torch.Tensor) -> torch.Tensor:

@@ -53,13 +53,13 @@ def psd_eigh(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ``(s, s)`` orthonormal eigenvectors (columns).
     """
     check_finite(H)
-    sym = 0.5 * (H + H.T)
+    # eigh reads the lower triangle only: no symmetrised copy of H is needed
     try:
-        g, V = torch.linalg.eigh(sym)
+        g, V = torch.linalg.eigh(H)
     except torch.linalg.LinAlgError:
         # LAPACK's divide-and-conquer can fail on float32 GGNs with many zero
         # eigenvalues (dead ReLUs); float64 converges, then cast back.
-        g, V = torch.linalg.eigh(sym.double())
+        g, V = torch.linalg.eigh(H.double())
         g, V = g.to(H.dtype), V.to(H.dtype)
     return g.clamp_min(0.0), V
 

@@ -1,9 +1,12 @@
 r"""Memory estimates for the dense subnetwork posterior, checked before allocating.
 
-The dense posterior holds a few :math:`S \times S` matrices at once: the
-curvature :math:`H`, the posterior precision or the eigenvectors, and a
-factor or covariance. :func:`dense_posterior_bytes` counts
-``matrices * S**2 * itemsize``; :func:`largest_subnet` inverts it.
+Two allocations matter: the curvature :math:`H` (one :math:`S \times S` matrix,
+made by ``fit``) and its factorisation (eigendecomposition or Cholesky, made on
+first use of the posterior). Measured on CPU (float32, S = 6,000),
+``torch.linalg.eigh`` peaks at about 4.8 extra :math:`S \times S` matrices (input
+copy, eigenvectors, LAPACK workspace), so :data:`FACTOR_MATRICES` = 5.
+:func:`largest_subnet` inverts the estimate so errors can name the largest S
+that fits.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import re
 import torch
 
 __all__ = [
-    "DENSE_MATRICES",
+    "CURVATURE_MATRICES",
+    "FACTOR_MATRICES",
     "parse_bytes",
     "available_bytes",
     "dense_posterior_bytes",
@@ -23,8 +27,10 @@ __all__ = [
     "check_dense_fits",
 ]
 
-#: S x S matrices alive at the peak (H, eigenvectors / factor, covariance, scratch)
-DENSE_MATRICES = 4
+#: S x S matrices held by the curvature itself
+CURVATURE_MATRICES = 1
+#: extra S x S matrices at the peak of the factorisation (measured, see above)
+FACTOR_MATRICES = 5
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
@@ -67,14 +73,18 @@ def available_bytes(device: torch.device | str) -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
-def dense_posterior_bytes(n_subnet: int, itemsize: int) -> int:
-    """Bytes of the dense posterior of ``n_subnet`` weights."""
-    return DENSE_MATRICES * n_subnet * n_subnet * itemsize
+def dense_posterior_bytes(
+    n_subnet: int, itemsize: int, matrices: int = CURVATURE_MATRICES + FACTOR_MATRICES
+) -> int:
+    """Bytes of ``matrices`` S x S matrices (default: curvature + factorisation)."""
+    return matrices * n_subnet * n_subnet * itemsize
 
 
-def largest_subnet(budget: int, itemsize: int) -> int:
-    """Largest ``S`` with ``dense_posterior_bytes(S) <= budget``."""
-    return int(math.isqrt(max(0, budget // (DENSE_MATRICES * itemsize))))
+def largest_subnet(
+    budget: int, itemsize: int, matrices: int = CURVATURE_MATRICES + FACTOR_MATRICES
+) -> int:
+    """Largest ``S`` with ``dense_posterior_bytes(S, itemsize, matrices) <= budget``."""
+    return int(math.isqrt(max(0, budget // (matrices * itemsize))))
 
 
 def check_dense_fits(
@@ -82,17 +92,24 @@ def check_dense_fits(
     itemsize: int,
     device: torch.device | str,
     budget: int | None = None,
+    *,
+    matrices: int = CURVATURE_MATRICES,
+    purpose: str = "the curvature",
 ) -> None:
-    """Raise ``ValueError`` naming the largest S that fits, before allocating."""
+    """Raise ``ValueError`` naming the largest S that fits, before allocating.
+
+    With ``budget`` (the user's ``memory_budget``), ``matrices`` is compared with
+    it; otherwise with the memory free on ``device`` now.
+    """
     limit = budget if budget is not None else available_bytes(device)
-    need = dense_posterior_bytes(n_subnet, itemsize)
+    need = dense_posterior_bytes(n_subnet, itemsize, matrices)
     if need > limit:
         raise ValueError(
-            f"n_params_subnet={n_subnet} needs about {need / 1e9:.2f} GB for the dense "
-            f"posterior ({DENSE_MATRICES} matrices of {n_subnet}x{n_subnet}, "
-            f"{itemsize} bytes each), but {limit / 1e9:.2f} GB "
+            f"n_params_subnet={n_subnet} needs about {need / 1e9:.2f} GB for "
+            f"{purpose} ({matrices} matrices of {n_subnet}x{n_subnet}, {itemsize} "
+            f"bytes each), but {limit / 1e9:.2f} GB "
             f"{'is the memory_budget' if budget is not None else 'is free'} on "
             f"{device}. The largest subnetwork that fits is S="
-            f"{largest_subnet(limit, itemsize)}; select fewer weights or raise "
-            "memory_budget."
+            f"{largest_subnet(limit, itemsize, matrices)}; select fewer weights, use "
+            "float32 curvature, or raise memory_budget."
         )

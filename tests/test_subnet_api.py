@@ -403,3 +403,18 @@ def test_not_fitted_is_runtime_and_attribute_error():
         _ = la.posterior_precision
     with pytest.raises(AttributeError):
         la.state_dict()
+
+
+def test_joint_prior_and_noise_tuning_reaches_a_stationary_point():
+    la = make(torch.arange(D_MLP), lik="regression", sigma_noise=1.0)
+    la.fit(loader("regression", n=40))
+    before = la.log_marginal_likelihood().item()
+    lam, sigma = la.optimize_prior_and_noise(n_steps=300, lr=0.05)
+    after = la.log_marginal_likelihood().item()
+    assert after > before
+    log_lam = lam.log().detach().clone().requires_grad_(True)
+    log_sig = sigma.log().detach().clone().requires_grad_(True)
+    la.log_marginal_likelihood(log_lam.exp(), log_sig.exp()).backward()
+    assert log_lam.grad.abs().max() < 0.05 and log_sig.grad.abs().max() < 0.05
+    with pytest.raises(ValueError, match="regression"):
+        make().optimize_prior_and_noise()

@@ -20,27 +20,49 @@ from laplace_subnet_ext.posterior.memory import (
 from tests.cases import assert_close, loader, mlp
 
 
+def _posterior_summary(la, X):
+    return (
+        la.log_marginal_likelihood(),
+        la.posterior_covariance,
+        la._glm_predictive_distribution(X)[1],
+        la._glm_predictive_distribution(X, joint=True)[1],
+    )
+
+
 @pytest.mark.parametrize("lik", ["classification", "regression"])
-def test_scalar_prior_eig_path_equals_cholesky_path(lik):
+def test_scalar_prior_eig_paths_equal_cholesky_path(lik):
+    """eigenvalues-only + Cholesky (default), full eigendecomposition, and the
+    diagonal-prior Cholesky path give the same posterior to 1e-8."""
     la = DenseSubnetLaplace(mlp(), lik, torch.randperm(74)[:40], prior_precision=0.8)
     la.fit(loader(lik))
     X = torch.randn(6, 3)
-    assert la.prior_structure == "scalar"
-    eig = (
-        la.log_marginal_likelihood(),
-        la.posterior_covariance,
-        la._glm_predictive_distribution(X)[1],
+    assert la.prior_structure == "scalar" and not la._uses_eig
+    default = _posterior_summary(la, X)
+    la.eigendecompose()
+    la.prior_precision = 0.8
+    assert la._uses_eig
+    eig = _posterior_summary(la, X)
+    la.prior_precision = torch.full((40,), 0.8)  # diagonal: Cholesky path
+    assert la.prior_structure == "diag" and not la._uses_eig
+    chol = _posterior_summary(la, X)
+    names = ["marglik", "covariance", "GLM variance", "joint GLM covariance"]
+    for a, b, c, what in zip(default, eig, chol, names):
+        assert_close(a, c, 1e-8, f"default vs Cholesky: {what}")
+        assert_close(b, c, 1e-8, f"eig vs Cholesky: {what}")
+
+
+def test_eigendecomposition_is_cached_and_refreshed_when_H_changes():
+    la = DenseSubnetLaplace(mlp(), "regression", torch.arange(20))
+    dl = loader("regression")
+    la.fit(dl)
+    g1, V1 = la.eigendecompose()
+    assert la.eigendecompose()[1] is V1
+    la.fit(loader("regression", n=30))
+    g2, _ = la.eigendecompose()
+    assert not torch.allclose(g1, g2)
+    assert_close(
+        g2, torch.linalg.eigvalsh(la.H).clamp_min(0), 1e-10, "fresh eigenvalues"
     )
-    # same prior as a diagonal of length S forces the Cholesky path
-    la.prior_precision = torch.full((40,), 0.8)
-    assert la.prior_structure == "diag"
-    chol = (
-        la.log_marginal_likelihood(),
-        la.posterior_covariance,
-        la._glm_predictive_distribution(X)[1],
-    )
-    for a, b, what in zip(eig, chol, ["marglik", "covariance", "GLM variance"]):
-        assert_close(a, b, 1e-8, what)
 
 
 def test_eig_marglik_is_differentiable_in_prior_and_noise():

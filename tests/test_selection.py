@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -38,7 +39,8 @@ def test_registry_refuses_duplicates_and_lists_names():
 
 
 @pytest.mark.parametrize(
-    "spec, expected", [(10, 10), (0.5, 37), (10.0, 10), ("auto", 353)]
+    "spec, expected",
+    [(10, 10), (0.5, 37), (10.0, 10), ("auto", math.isqrt(4_000_000 // (6 * 8)))],
 )
 def test_n_params_subnet_forms(spec, expected):
     budget = "4MB" if spec == "auto" else None

@@ -167,6 +167,7 @@ class DenseSubnetLaplace(
         self._prior_precision_spec: torch.Tensor | None = None
         self._prior_mean_spec: torch.Tensor | None = None
         self._eig_cache: tuple | None = None
+        self._eigvals_cache: tuple | None = None
         self.prior_rescaling = bool(prior_rescaling)
         self.prior_precision_full_network: torch.Tensor | None = None
         self.jacobian_method = jacobian_method
@@ -277,7 +278,7 @@ class DenseSubnetLaplace(
         )
 
     def _init_H(self) -> None:
-        self._eig_cache = None
+        self._eig_cache = self._eigvals_cache = None
         self._posterior_scale = None
         if self.n_params_subnet is None:
             self.H = None
@@ -303,7 +304,7 @@ class DenseSubnetLaplace(
             self._init_H()
             self.loss = 0.0
             self.n_data = 0
-        self._eig_cache = None
+        self._eig_cache = self._eigvals_cache = None
         self._posterior_scale = None
         self.model.eval()
         self.mean = parameters_to_vector(self.params)
@@ -344,14 +345,45 @@ class DenseSubnetLaplace(
         if getattr(self, "H", None) is None:
             raise NotFittedError("Laplace not fitted. Run fit() first.")
 
-    def _eig(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached clipped eigendecomposition of H (recomputed when H changes)."""
+    def _H_key(self) -> tuple[int, int]:
+        return (id(self.H), self.H._version)
+
+    def eigendecompose(self) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Compute (once per curvature) and cache :math:`H = V \operatorname{diag}(g) V^\top`.
+
+        Afterwards, with a scalar prior, the posterior covariance, samples and GLM
+        predictive for *any* :math:`(\lambda, \sigma)` cost O(S^2) (projected
+        Jacobians :math:`J_S V`) instead of a Cholesky factorisation per value.
+        Called automatically by prior grid search. Without it, a scalar prior uses
+        eigenvalues only for the marginal likelihood and one Cholesky per prior
+        value for the covariance (cheaper when the prior is fixed).
+
+        Returns
+        -------
+        g : torch.Tensor
+            ``(s,)`` eigenvalues, clipped at 0.
+        V : torch.Tensor
+            ``(s, t)`` eigenvectors.
+        """
         self._check_H_init()
-        key = (id(self.H), self.H._version)
-        if self._eig_cache is None or self._eig_cache[0] != key:
+        if self._eig_cache is None or self._eig_cache[0] != self._H_key():
             self._check_factor_fits()
-            self._eig_cache = (key, *linalg.psd_eigh(self.H.detach()))
+            self._eig_cache = (self._H_key(), *linalg.psd_eigh(self.H.detach()))
         return self._eig_cache[1], self._eig_cache[2]
+
+    _eig = eigendecompose
+
+    def _eigvals(self) -> torch.Tensor:
+        """Cached clipped eigenvalues of H: all the marginal likelihood needs
+        (``eigvalsh`` costs about a quarter of a full ``eigh``)."""
+        self._check_H_init()
+        key = self._H_key()
+        if self._eig_cache is not None and self._eig_cache[0] == key:
+            return self._eig_cache[1]
+        if self._eigvals_cache is None or self._eigvals_cache[0] != key:
+            self._check_factor_fits()
+            self._eigvals_cache = (key, linalg.psd_eigvalsh(self.H.detach()))
+        return self._eigvals_cache[1]
 
     def _check_factor_fits(self) -> None:
         """Before an eigendecomposition / Cholesky: refuse if it cannot fit."""
@@ -376,7 +408,12 @@ class DenseSubnetLaplace(
 
     @property
     def _uses_eig(self) -> bool:
-        return self._prior_structure == "scalar"
+        """Scalar prior and a cached eigendecomposition of the current curvature."""
+        return (
+            self._prior_structure == "scalar"
+            and self._eig_cache is not None
+            and self._eig_cache[0] == self._H_key()
+        )
 
     @property
     def posterior_precision(self) -> torch.Tensor:
@@ -386,10 +423,10 @@ class DenseSubnetLaplace(
 
     @property
     def log_det_posterior_precision(self) -> torch.Tensor:
-        r""":math:`\log\det P`: O(S) from the eigendecomposition for a scalar
+        r""":math:`\log\det P`: O(S) from the cached eigenvalues for a scalar
         prior, else a Cholesky factorisation (O(S^3) per call)."""
-        if self._uses_eig:
-            g, _ = self._eig()
+        if self._prior_structure == "scalar":
+            g = self._eigvals()
             return linalg.eig_logdet(g, self._H_factor, self._prior_precision[0])
         self._check_factor_fits()
         L = torch.linalg.cholesky(self.posterior_precision)

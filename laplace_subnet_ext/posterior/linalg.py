@@ -18,6 +18,7 @@ import torch
 __all__ = [
     "check_finite",
     "psd_eigh",
+    "psd_eigvalsh",
     "eig_logdet",
     "eig_scale",
     "eig_functional_variance",
@@ -62,6 +63,16 @@ def psd_eigh(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         g, V = torch.linalg.eigh(H.double())
         g, V = g.to(H.dtype), V.to(H.dtype)
     return g.clamp_min(0.0), V
+
+
+def psd_eigvalsh(H: torch.Tensor) -> torch.Tensor:
+    """``(s,)`` eigenvalues of a symmetric PSD matrix, clipped at 0 (no eigenvectors)."""
+    check_finite(H)
+    try:
+        g = torch.linalg.eigvalsh(H)
+    except torch.linalg.LinAlgError:
+        g = torch.linalg.eigvalsh(H.double()).to(H.dtype)
+    return g.clamp_min(0.0)
 
 
 def eig_logdet(

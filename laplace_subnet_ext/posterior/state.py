@@ -62,5 +62,5 @@ class SubnetStateMixin:
         self.n_outputs = state_dict["n_outputs"]
         self.temperature = state_dict["temperature"]
         self.enable_backprop = state_dict["enable_backprop"]
-        self._eig_cache = None
+        self._eig_cache = self._eigvals_cache = None
         self._posterior_scale = None

@@ -63,6 +63,8 @@ class PriorTuningMixin:
             )
             init = init.expand(n).clone()
             self._prior_structure = prior_structure
+        if method == "gridsearch":
+            self.eigendecompose()  # every grid value then costs O(S^2), no Cholesky
         ParametricLaplace.optimize_prior_precision(
             self, pred_type, method, n_steps, lr, init, prior_structure, **kwargs
         )

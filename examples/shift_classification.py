@@ -7,8 +7,9 @@ contrast, pixelation, salt-and-pepper) at severities 1-5 ("corrupted CIFAR").
 Methods: MAP; diagonal, KFAC and last-layer Laplace (laplace-torch, all GLM
 probit); subnetwork Laplace with Wasserstein and with random selection (ours,
 through ``laplace.Laplace``); MC dropout (p=0.1, 16 samples); a deep ensemble of
-5; diagonal SWAG (16 samples). Laplace prior precisions are chosen on a
-validation split by grid search of the NLL (the paper's protocol). Metrics:
+5; diagonal SWAG (16 samples). Laplace prior precisions are tuned by marginal
+likelihood (``--prior gridsearch``: validation-NLL grid, the paper's protocol; on
+clean digits it picks the largest precision, i.e. the MAP). Metrics:
 accuracy, log-likelihood, ECE (torchmetrics), Brier score; seeds averaged; one
 PNG per shift family and a JSON file.
 
@@ -156,17 +157,24 @@ def mc_dropout_predictor(model, n_samples: int):
     return predict
 
 
-def laplace_predictor(la, val):
-    xv, yv = val
-    la.optimize_prior_precision(
-        method="gridsearch",
-        pred_type="glm",
-        link_approx="probit",
-        val_loader=DataLoader(TensorDataset(xv, yv), batch_size=512),
-        log_prior_prec_min=-2,
-        log_prior_prec_max=4,
-        grid_size=13,
-    )
+def laplace_predictor(la, val, prior: str):
+    """Tune the prior precision by marginal likelihood (laplace's default) or by a
+    validation-NLL grid (the paper's protocol), then return the GLM probit predictive."""
+    if prior == "marglik":
+        la.optimize_prior_precision(
+            method="marglik", pred_type="glm", link_approx="probit"
+        )
+    else:
+        xv, yv = val
+        la.optimize_prior_precision(
+            method="gridsearch",
+            pred_type="glm",
+            link_approx="probit",
+            val_loader=DataLoader(TensorDataset(xv, yv), batch_size=512),
+            log_prior_prec_min=-2,
+            log_prior_prec_max=4,
+            grid_size=13,
+        )
     return lambda x: la(x, pred_type="glm", link_approx="probit")
 
 
@@ -181,7 +189,7 @@ def metrics(p: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     }
 
 
-def run_seed(seed: int, quick: bool) -> list[dict]:
+def run_seed(seed: int, quick: bool, prior: str = "marglik") -> list[dict]:
     X, y = load_digits(return_X_y=True)
     X = torch.tensor(X / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
     y = torch.tensor(y)
@@ -229,7 +237,7 @@ def run_seed(seed: int, quick: bool) -> list[dict]:
     ]:
         la = Laplace(model, "classification", **kw)
         la.fit(fit_loader)
-        preds[name] = laplace_predictor(la, va)
+        preds[name] = laplace_predictor(la, va, prior)
     for name, mask in [
         (
             "subnet Wasserstein",
@@ -242,7 +250,7 @@ def run_seed(seed: int, quick: bool) -> list[dict]:
             model, "classification", "subnetwork", "full", subnetwork_indices=idx
         )
         la.fit(fit_loader)
-        preds[name] = laplace_predictor(la, va)
+        preds[name] = laplace_predictor(la, va, prior)
     n_members = 2 if quick else 5
     members = [model] + [
         train(CNN(), loader, epochs, seed * 100 + k + 1) for k in range(n_members - 1)
@@ -329,12 +337,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument(
+        "--prior",
+        choices=["marglik", "gridsearch"],
+        default="marglik",
+        help="Laplace prior precision by marginal likelihood (default) or by a "
+        "validation-NLL grid (the paper's protocol)",
+    )
     ap.add_argument("--out", default="examples/results/shift_classification")
     a = ap.parse_args()
     seeds = 1 if a.quick else a.seeds
     rows = []
     for seed in range(seeds):
-        rows += run_seed(seed, a.quick)
+        rows += run_seed(seed, a.quick, a.prior)
     summary = summarise(rows)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out + ".json", "w") as fh:

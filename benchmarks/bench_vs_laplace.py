@@ -92,6 +92,8 @@ def _run(impl, kind, width, n_subnet, n_train, n_test, lik, q, backend_name="def
         "D": D,
         "S": n_subnet,
         "lik": lik,
+        # resident memory after imports, model and data; peaks are read against it
+        "baseline_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
 
     def step(name, fn):

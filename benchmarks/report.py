@@ -35,18 +35,18 @@ def vs_laplace(names: list[str]) -> str:
 
 
 def marglik(names: list[str]) -> str:
-    """``names`` entries are ``file`` or ``file:impl`` (only that implementation's rows)."""
+    """``names`` entries are ``file``, ``file:impl`` or ``file:impl:S`` (row filters)."""
     lines = [
         "| impl | S | marglik tuning s (100 steps) | tuned λ | log marglik | status |",
         "|---|---:|---:|---:|---:|---|",
     ]
     for entry in names:
-        name, _, impl = entry.partition(":")
+        name, impl, size = (entry.split(":") + ["", ""])[:3]
         path = RESULTS / f"{name}.json"
         if not path.exists():
             continue
         for r in json.loads(path.read_text())["rows"]:
-            if impl and r["impl"] != impl:
+            if (impl and r["impl"] != impl) or (size and r["S"] != int(size)):
                 continue
             lines.append(
                 f"| {r['impl']} | {r['S']} | {_f(r, 'marglik_s')} "
@@ -59,6 +59,7 @@ def marglik(names: list[str]) -> str:
 if __name__ == "__main__":
     print(vs_laplace(["mlp_D_sweep", "mlp_regression", "mlp_S_sweep", "cnn"]))
     print()
-    # laplace from the side-by-side run; ours re-measured after the switch to
-    # eigenvalues-only evidence (eigvalsh), see README
-    print(marglik(["marglik:laplace", "marglik_ours:ours"]))
+    # S = 2k, 5k side by side in one run; S = 20k: laplace's capped run and ours
+    print(
+        marglik(["marglik_side_by_side", "marglik:laplace:20000", "marglik_ours_20k"])
+    )

@@ -57,11 +57,29 @@ def test_fast_path_covers_documented_modules():
     assert is_fast(nn.Linear(2, 2))
     assert is_fast(nn.Conv2d(2, 2, 3))
     assert not is_fast(nn.Conv2d(2, 2, 3, groups=2))
+    assert not is_fast(nn.Conv2d(2, 2, 3, padding="same"))
     assert is_fast(nn.BatchNorm2d(2).eval())
     assert not is_fast(nn.BatchNorm2d(2).train())
     assert is_fast(nn.LayerNorm(3))
     assert is_fast(nn.Embedding(3, 2))
     assert not is_fast(nn.GRU(2, 2))
+
+
+def test_grouped_and_same_padded_convolutions_take_the_generic_path_exactly():
+    from torch import nn
+
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding="same"),
+        nn.Tanh(),
+        nn.Conv2d(4, 4, 3, groups=2),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 3),
+    )
+    x = torch.randn(3, 2, 6, 6)
+    idx = random_indices(model, 0.5)
+    J_ref, _ = dense_reference(model, x)
+    Js, _ = SubnetJacobians(model, SubnetLayout(model, idx))(x)
+    assert_close(Js, J_ref[:, :, idx], 1e-10, "generic convolutions")
 
 
 def test_generic_chunking_matches_single_chunk():

@@ -13,7 +13,7 @@ Only the :math:`S` selected entries are ever formed: memory ``O(b c S)`` plus th
 activations, never ``O(b c D)``.
 
 Fast modules (exact ``forward`` of): ``nn.Linear``; ``nn.Conv2d`` with
-``groups=1`` and ``padding_mode='zeros'``; ``nn.BatchNorm1d/2d/3d`` in eval mode
+``groups=1``, ``padding_mode='zeros'`` and numeric padding; ``nn.BatchNorm1d/2d/3d`` in eval mode
 with running statistics; ``nn.LayerNorm``; ``nn.Embedding`` (no ``max_norm``).
 All other touched tensors take the generic path of :mod:`.functional`.
 The fast path assumes, as BackPACK does, that samples do not interact in the
@@ -42,7 +42,11 @@ def is_fast(module: nn.Module) -> bool:
     if _plain(module, nn.Linear) or _plain(module, nn.LayerNorm):
         return True
     if _plain(module, nn.Conv2d):
-        return module.groups == 1 and module.padding_mode == "zeros"
+        return (
+            module.groups == 1
+            and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str)  # 'same'/'valid': generic path
+        )
     if any(_plain(module, cls) for cls in _BATCHNORMS):
         return (not module.training) and module.running_mean is not None
     if _plain(module, nn.Embedding):

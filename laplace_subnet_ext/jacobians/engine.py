@@ -25,7 +25,12 @@ import torch
 from torch import nn
 
 from laplace_subnet_ext.jacobians.batching import batch_size, slice_batch
-from laplace_subnet_ext.jacobians.fast import FastCapture, is_fast, selected_entries
+from laplace_subnet_ext.jacobians.fast import (
+    FastCapture,
+    is_fast,
+    prepare_input,
+    selected_entries,
+)
 from laplace_subnet_ext.jacobians.functional import functional_jacobians
 from laplace_subnet_ext.jacobians.layout import SubnetLayout
 
@@ -115,17 +120,25 @@ class SubnetJacobians:
         b, c = f.shape
         Js = f.new_zeros(b, c, self.layout.n_subnet)
         outs = cap.outputs()
+        # input-side factors once per forward pass, reused for all c outputs
+        prepared = {
+            (id(sel), j): prepare_input(sel, a)
+            for sel in fast
+            for j, (a, _) in enumerate(cap.records[sel.module])
+        }
         for k in range(c):
             grads = torch.autograd.grad(
                 f[:, k].sum(), outs, retain_graph=k < c - 1, allow_unused=True
             )
             grad_of = {id(z): g for z, g in zip(outs, grads)}
             for sel in fast:
-                for a, z in cap.records[sel.module]:
+                for j, (_, z) in enumerate(cap.records[sel.module]):
                     dz = grad_of[id(z)]
                     if dz is None:
                         continue
-                    Js[:, k, sel.positions] += selected_entries(sel, a, dz.detach())
+                    Js[:, k, sel.positions] += selected_entries(
+                        sel, prepared[(id(sel), j)], dz.detach()
+                    )
         return Js, f.detach()
 
     def _generic(self, slow: list, x) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,7 +28,7 @@ from torch import nn
 
 from laplace_subnet_ext.jacobians.layout import TensorSelection
 
-__all__ = ["is_fast", "FastCapture"]
+__all__ = ["is_fast", "FastCapture", "prepare_input", "selected_entries"]
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -89,65 +89,107 @@ class FastCapture:
         return [z for recs in self.records.values() for _, z in recs]
 
 
+#: elements of one (b, chunk, t) product; bounds the fast path's scratch memory
+CHUNK_ELEMENTS = 2**24
+
+
+def prepare_input(sel: TensorSelection, a: torch.Tensor) -> torch.Tensor | None:
+    """The input-side factor of the selected entries, formed once per forward pass.
+
+    Returns ``(b, s, t)`` (the activation, unfolded patch, normalised input or
+    token hits that multiply each selected entry's output gradient) or None for
+    biases.
+    """
+    m, attr, local = sel.module, sel.attr, sel.local
+    b = a.shape[0]
+    if attr == "bias":
+        return None
+    if isinstance(m, nn.Linear):
+        a_ = a.reshape(b, -1, m.in_features)  # (b, t, i)
+        return a_[:, :, local % m.in_features].transpose(1, 2)
+    if isinstance(m, nn.Conv2d):
+        unf = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # (b, i, t)
+        return unf[:, local % unf.shape[1], :]
+    if isinstance(m, _BATCHNORMS):
+        shape = [1, -1] + [1] * (a.ndim - 2)
+        xhat = (a - m.running_mean.reshape(shape)) / torch.sqrt(
+            m.running_var.reshape(shape) + m.eps
+        )
+        xhat = xhat.flatten(2) if xhat.ndim > 2 else xhat.unsqueeze(-1)  # (b, ch, t)
+        return xhat[:, local, :]
+    if isinstance(m, nn.LayerNorm):
+        n_norm = len(m.normalized_shape)
+        xhat = F.layer_norm(a, m.normalized_shape, None, None, m.eps)
+        xhat = xhat.reshape(b, -1, *xhat.shape[xhat.ndim - n_norm :]).flatten(2)
+        return xhat[:, :, local].transpose(1, 2)
+    if isinstance(m, nn.Embedding):
+        tokens = a.reshape(b, -1)  # (b, t)
+        row = local // m.embedding_dim
+        hit = (tokens[:, None, :] == row[None, :, None]).to(sel.param.dtype)
+        if m.padding_idx is not None:
+            hit = hit * (row != m.padding_idx).to(hit.dtype)[None, :, None]
+        return hit  # (b, s, t)
+    raise TypeError(f"module {type(m).__name__} has no fast Jacobian path")
+
+
+def output_gradient(sel: TensorSelection, dz: torch.Tensor) -> torch.Tensor:
+    """``(b, s, t)`` gradient of the module output at each selected entry's unit."""
+    m, attr, local = sel.module, sel.attr, sel.local
+    b = dz.shape[0]
+    if isinstance(m, (nn.Linear, nn.LayerNorm, nn.Embedding)):
+        width = (
+            m.out_features
+            if isinstance(m, nn.Linear)
+            else m.embedding_dim
+            if isinstance(m, nn.Embedding)
+            else None
+        )
+        if width is None:  # LayerNorm: trailing normalized dims
+            n_norm = len(m.normalized_shape)
+            dz_ = dz.reshape(b, -1, *dz.shape[dz.ndim - n_norm :]).flatten(2)
+        else:
+            dz_ = dz.reshape(b, -1, width)  # (b, t, o)
+        if isinstance(m, nn.Linear) and attr == "weight":
+            unit = local // m.in_features
+        elif isinstance(m, nn.Embedding):
+            unit = local % m.embedding_dim
+        else:
+            unit = local
+        return dz_[:, :, unit].transpose(1, 2)
+    dz_ = dz.flatten(2) if dz.ndim > 2 else dz.unsqueeze(-1)  # (b, ch, t)
+    if isinstance(m, nn.Conv2d) and attr == "weight":
+        return dz_[:, local // (sel.param[0].numel()), :]
+    return dz_[:, local, :]
+
+
 def selected_entries(
-    sel: TensorSelection, a: torch.Tensor, dz: torch.Tensor
+    sel: TensorSelection, prepared: torch.Tensor | None, dz: torch.Tensor
 ) -> torch.Tensor:
     """Per-sample derivative of one output w.r.t. the selected entries of ``sel``.
 
     Parameters
     ----------
     sel : TensorSelection
-    a : torch.Tensor
-        Module input recorded in the forward pass.
+    prepared : torch.Tensor or None
+        :func:`prepare_input` of the module input of this forward pass.
     dz : torch.Tensor
         Per-sample gradient of the output :math:`f_k` w.r.t. the module output.
 
     Returns
     -------
     J : torch.Tensor
-        ``(b, s)`` derivative of :math:`f_k` w.r.t. the ``s`` selected entries.
+        ``(b, s)``: :math:`\sum_t` (output gradient) x (input factor), formed in
+        chunks of at most :data:`CHUNK_ELEMENTS` scratch elements.
     """
-    m, attr, local = sel.module, sel.attr, sel.local
-    b = dz.shape[0]
-    if isinstance(m, nn.Linear):
-        dz_ = dz.reshape(b, -1, m.out_features)  # (b, t, o)
-        if attr == "bias":
-            return dz_[:, :, local].sum(1)
-        a_ = a.reshape(b, -1, m.in_features)  # (b, t, i)
-        o, i = local // m.in_features, local % m.in_features
-        return (dz_[:, :, o] * a_[:, :, i]).sum(1)
-    if isinstance(m, nn.Conv2d):
-        dz_ = dz.flatten(2)  # (b, o, t)
-        if attr == "bias":
-            return dz_[:, local, :].sum(-1)
-        unf = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # (b, i, t)
-        width = unf.shape[1]
-        o, r = local // width, local % width
-        return (dz_[:, o, :] * unf[:, r, :]).sum(-1)
-    if isinstance(m, _BATCHNORMS):
-        dz_ = dz.flatten(2) if dz.ndim > 2 else dz.unsqueeze(-1)  # (b, ch, t)
-        if attr == "bias":
-            return dz_[:, local, :].sum(-1)
-        shape = [1, -1] + [1] * (a.ndim - 2)
-        xhat = (a - m.running_mean.reshape(shape)) / torch.sqrt(
-            m.running_var.reshape(shape) + m.eps
-        )
-        xhat = xhat.flatten(2) if xhat.ndim > 2 else xhat.unsqueeze(-1)
-        return (dz_[:, local, :] * xhat[:, local, :]).sum(-1)
-    if isinstance(m, nn.LayerNorm):
-        n_norm = len(m.normalized_shape)
-        dz_ = dz.reshape(b, -1, *dz.shape[dz.ndim - n_norm :]).flatten(2)  # (b, t, e)
-        if attr == "bias":
-            return dz_[:, :, local].sum(1)
-        xhat = F.layer_norm(a, m.normalized_shape, None, None, m.eps)
-        xhat = xhat.reshape(b, -1, *xhat.shape[xhat.ndim - n_norm :]).flatten(2)
-        return (dz_[:, :, local] * xhat[:, :, local]).sum(1)
-    if isinstance(m, nn.Embedding):
-        dz_ = dz.reshape(b, -1, m.embedding_dim)  # (b, t, e)
-        tokens = a.reshape(b, -1)  # (b, t)
-        row, col = local // m.embedding_dim, local % m.embedding_dim
-        hit = (tokens[:, :, None] == row[None, None, :]).to(dz.dtype)  # (b, t, s)
-        if m.padding_idx is not None:
-            hit = hit * (row != m.padding_idx).to(dz.dtype)
-        return (hit * dz_[:, :, col]).sum(1)
-    raise TypeError(f"module {type(m).__name__} has no fast Jacobian path")
+    g = output_gradient(sel, dz)  # (b, s, t)
+    if prepared is None:
+        return g.sum(-1)
+    b, n, t = g.shape
+    step = max(1, CHUNK_ELEMENTS // max(1, b * t))
+    return torch.cat(
+        [
+            (g[:, i : i + step] * prepared[:, i : i + step]).sum(-1)
+            for i in range(0, n, step)
+        ],
+        dim=1,
+    )

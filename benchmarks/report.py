@@ -17,7 +17,7 @@ def _f(row: dict, key: str, fmt: str = "{:.2f}") -> str:
 
 def vs_laplace(names: list[str]) -> str:
     lines = [
-        "| impl | model / likelihood | D | S | fit s | marglik s | predict s (1k pts) "
+        "| impl | model / likelihood | D | S | fit s | marglik s | predict s "
         "| peak RSS GB | flop bound s | status |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -57,7 +57,11 @@ def marglik(names: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    print(vs_laplace(["mlp_D_sweep", "mlp_regression", "mlp_S_sweep", "cnn"]))
+    print(
+        vs_laplace(
+            ["mlp_D_sweep", "mlp_regression", "mlp_S_sweep", "cnn", "cnn_small_ours_v2"]
+        )
+    )
     print()
     # S = 2k, 5k side by side in one run; S = 20k: laplace's capped run and ours
     print(

@@ -1,0 +1,92 @@
+"""Markdown tables (for README.md) from the JSON files in examples/results/.
+
+python examples/report.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def toy() -> str:
+    res = _load("toy_regression")
+    if res is None:
+        return ""
+    lines = [
+        f"Toy regression ({res['seeds']} seeds; subnetworks with λ·S/D; mean ± s.e.):",
+        "",
+        "| method | fraction | S | dist to full | gap std | test LL |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["summary"]:
+        if r["method"] not in ("full", "diagonal", "last_layer") and not r["rescaled"]:
+            continue
+        lines.append(
+            f"| {r['method']} | {r['fraction']:.0%} | {r['S']} | {r['dist']:.3f} ± "
+            f"{r['dist_se']:.3f} | {r['gap_std']:.3f} | {r['test_ll']:.3f} ± "
+            f"{r['test_ll_se']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def tabular() -> str:
+    res = _load("tabular_regression")
+    if res is None:
+        return ""
+    lines = [
+        "Tabular regression (test log-likelihood, standardised targets, mean ± s.e. "
+        "over splits):",
+        "",
+        "| dataset | split | width | method | S | D | test LL |",
+        "|---|---|---:|---|---:|---:|---:|",
+    ]
+    for r in res["summary"]:
+        lines.append(
+            f"| {r['dataset']} | {r['split']} | {r['width']} | {r['method']} | "
+            f"{r['S'] or '-'} | {r['D']} | {r['test_ll']:.3f} ± {r['se']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def shift() -> str:
+    res = _load("shift_classification")
+    if res is None:
+        return ""
+    s = res["summary"]
+    lines = [
+        f"Shift classification ({res['seeds']} seeds; shifted = mean over all "
+        "rotations > 0° and corruptions):",
+        "",
+        "| method | clean acc | clean LL | shifted acc | shifted LL | shifted ECE "
+        "| shifted Brier |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in dict.fromkeys(r["method"] for r in s):
+        clean = [
+            r
+            for r in s
+            if r["method"] == m and r["shift"] == "rotation" and r["level"] == 0
+        ]
+        shifted = [r for r in s if r["method"] == m and r["level"] != 0]
+
+        def avg(k, rs):
+            return sum(r[k] for r in rs) / len(rs)
+
+        lines.append(
+            f"| {m} | {avg('acc', clean):.3f} | {avg('ll', clean):.3f} | "
+            f"{avg('acc', shifted):.3f} | {avg('ll', shifted):.3f} | "
+            f"{avg('ece', shifted):.3f} | {avg('brier', shifted):.3f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print("\n\n".join(t for t in (toy(), tabular(), shift()) if t))

@@ -15,6 +15,7 @@ laplace's own classes where one exists:
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from laplace import DiagLaplace, FullLaplace, KronLaplace
@@ -42,7 +43,12 @@ def diag_curvature(
         work = copy.deepcopy(model) if backend in (BackPackGGN, BackPackEF) else model
         try:
             la = DiagLaplace(work, likelihood, backend=backend)
-            la.fit(train_loader)
+            with warnings.catch_warnings():
+                # BackPACK's hooks on the copy; harmless, and not the user's model
+                warnings.filterwarnings(
+                    "ignore", message="Full backward hook is firing"
+                )
+                la.fit(train_loader)
             return la.H.detach()
         except (NotImplementedError, RuntimeError, TypeError, ValueError):
             if backend is backends[-1]:

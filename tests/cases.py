@@ -26,6 +26,21 @@ def assert_close(actual, expected, rtol: float = 1e-8, what: str = "") -> None:
         )
 
 
+#: parameters of ``mlp()``: 3*12 + 12 + 12*2 + 2
+D_MLP = 74
+_DEFAULT = object()
+
+
+def make(idx=_DEFAULT, lik: str = "classification", **kw):
+    """A DenseSubnetLaplace on ``mlp()`` (or ``model=``), default S = indices 10..29."""
+    from laplace_subnet_ext import DenseSubnetLaplace
+
+    model = kw.pop("model", None) or mlp()
+    if idx is _DEFAULT:
+        idx = torch.arange(10, 30)
+    return DenseSubnetLaplace(model, lik, idx, **kw)
+
+
 def mlp(n_in: int = 3, n_out: int = 2, width: int = 12) -> nn.Module:
     return nn.Sequential(nn.Linear(n_in, width), nn.Tanh(), nn.Linear(width, n_out))
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import MutableMapping
-from math import log, pi
 from typing import Any
 
 import torch
@@ -28,12 +27,10 @@ from torch.utils.data import DataLoader
 
 from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
 from laplace_subnet_ext.jacobians.batching import to_device
-from laplace_subnet_ext.posterior import linalg
 from laplace_subnet_ext.posterior.curvature import batch_curvature, output_curvature
+from laplace_subnet_ext.posterior.factorisation import FactorisationMixin
 from laplace_subnet_ext.posterior.indices import normalize_subnetwork_indices
 from laplace_subnet_ext.posterior.memory import (
-    CURVATURE_MATRICES,
-    FACTOR_MATRICES,
     available_bytes,
     check_dense_fits,
     dense_posterior_bytes,
@@ -58,6 +55,7 @@ class NotFittedError(RuntimeError, AttributeError):
 
 
 class DenseSubnetLaplace(
+    FactorisationMixin,
     SubnetPriorMixin,
     PriorTuningMixin,
     BlockedPredictiveMixin,
@@ -344,134 +342,3 @@ class DenseSubnetLaplace(
     def _check_H_init(self) -> None:
         if getattr(self, "H", None) is None:
             raise NotFittedError("Laplace not fitted. Run fit() first.")
-
-    def _H_key(self) -> tuple[int, int]:
-        return (id(self.H), self.H._version)
-
-    def eigendecompose(self) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""Compute (once per curvature) and cache :math:`H = V \operatorname{diag}(g) V^\top`.
-
-        Afterwards, with a scalar prior, the posterior covariance, samples and GLM
-        predictive for *any* :math:`(\lambda, \sigma)` cost O(S^2) (projected
-        Jacobians :math:`J_S V`) instead of a Cholesky factorisation per value.
-        Called automatically by prior grid search. Without it, a scalar prior uses
-        eigenvalues only for the marginal likelihood and one Cholesky per prior
-        value for the covariance (cheaper when the prior is fixed).
-
-        Returns
-        -------
-        g : torch.Tensor
-            ``(s,)`` eigenvalues, clipped at 0.
-        V : torch.Tensor
-            ``(s, t)`` eigenvectors.
-        """
-        self._check_H_init()
-        if self._eig_cache is None or self._eig_cache[0] != self._H_key():
-            self._check_factor_fits()
-            self._eig_cache = (self._H_key(), *linalg.psd_eigh(self.H.detach()))
-        return self._eig_cache[1], self._eig_cache[2]
-
-    _eig = eigendecompose
-
-    def _eigvals(self) -> torch.Tensor:
-        """Cached clipped eigenvalues of H: all the marginal likelihood needs
-        (``eigvalsh`` costs about a quarter of a full ``eigh``)."""
-        self._check_H_init()
-        key = self._H_key()
-        if self._eig_cache is not None and self._eig_cache[0] == key:
-            return self._eig_cache[1]
-        if self._eigvals_cache is None or self._eigvals_cache[0] != key:
-            self._check_factor_fits()
-            self._eigvals_cache = (key, linalg.psd_eigvalsh(self.H.detach()))
-        return self._eigvals_cache[1]
-
-    def _check_factor_fits(self) -> None:
-        """Before an eigendecomposition / Cholesky: refuse if it cannot fit."""
-        itemsize = self.H.element_size()
-        if self.memory_budget is not None:
-            check_dense_fits(
-                self.n_params_subnet,
-                itemsize,
-                self._device,
-                self.memory_budget,
-                matrices=CURVATURE_MATRICES + FACTOR_MATRICES,
-                purpose="the curvature and its factorisation",
-            )
-        else:
-            check_dense_fits(
-                self.n_params_subnet,
-                itemsize,
-                self._device,
-                matrices=FACTOR_MATRICES,
-                purpose="factorising the posterior",
-            )
-
-    @property
-    def _uses_eig(self) -> bool:
-        """Scalar prior and a cached eigendecomposition of the current curvature."""
-        return (
-            self._prior_structure == "scalar"
-            and self._eig_cache is not None
-            and self._eig_cache[0] == self._H_key()
-        )
-
-    @property
-    def posterior_precision(self) -> torch.Tensor:
-        """``(s, t)`` posterior precision :math:`h H + P_0`."""
-        self._check_H_init()
-        return self._H_factor * self.H + torch.diag(self.prior_precision_diag)
-
-    @property
-    def log_det_posterior_precision(self) -> torch.Tensor:
-        r""":math:`\log\det P`: O(S) from the cached eigenvalues for a scalar
-        prior, else a Cholesky factorisation (O(S^3) per call)."""
-        if self._prior_structure == "scalar":
-            g = self._eigvals()
-            return linalg.eig_logdet(g, self._H_factor, self._prior_precision[0])
-        self._check_factor_fits()
-        L = torch.linalg.cholesky(self.posterior_precision)
-        return 2 * L.diagonal().log().sum()
-
-    def _compute_scale(self) -> None:
-        if self._uses_eig:
-            g, V = self._eig()
-            scale = linalg.eig_scale(g, V, self._H_factor, self._prior_precision[0])
-            self._posterior_scale = scale
-        else:
-            self._check_factor_fits()
-            super()._compute_scale()
-
-    def functional_variance(self, Js: torch.Tensor) -> torch.Tensor:
-        """``(b, c, k)`` GLM output covariance of Jacobians ``(b, c, s)``."""
-        Js = Js.to(self._cdtype)
-        if self._uses_eig:
-            g, V = self._eig()
-            fv = linalg.eig_functional_variance(
-                Js @ V, g, self._H_factor, self._prior_precision[0]
-            )
-        else:
-            fv = linalg.chol_functional_variance(Js, self.posterior_scale)
-        return fv.to(self._dtype)
-
-    def functional_covariance(self, Js: torch.Tensor) -> torch.Tensor:
-        """``(b*c, b*c)`` joint GLM output covariance."""
-        b, c, s = Js.shape
-        JL = Js.reshape(b * c, s).to(self._cdtype) @ self.posterior_scale
-        return (JL @ JL.T).to(self._dtype)
-
-    def square_norm(self, value: torch.Tensor) -> torch.Tensor:
-        """Mahalanobis norm of ``value`` (length D or S) around the subnetwork mean."""
-        if value.shape[-1] == self.n_params:
-            value = value[..., self.subnetwork_indices]
-        delta = (value - self.mean_subnet).to(self._cdtype)
-        return delta @ self.posterior_precision @ delta
-
-    def log_prob(self, value: torch.Tensor, normalized: bool = True) -> torch.Tensor:
-        """Log density of the subnetwork posterior at ``value`` (length D or S)."""
-        if not normalized:
-            return -self.square_norm(value) / 2
-        return (
-            -self.n_params_subnet / 2 * log(2 * pi)
-            + self.log_det_posterior_precision / 2
-            - self.square_norm(value) / 2
-        )

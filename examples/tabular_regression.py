@@ -146,8 +146,8 @@ def laplace_ll(model, idx, tr, va, te) -> tuple[float, float]:
     return gaussian_ll(mu, var.reshape(-1, 1) + sigma**2, te[1]), best[1]
 
 
-def run(quick: bool) -> list[dict]:
-    datasets = ["diabetes"] if quick else ["diabetes", "friedman1"]
+def run(quick: bool, datasets: list[str] | None = None) -> list[dict]:
+    datasets = datasets or (["diabetes"] if quick else ["diabetes", "friedman1"])
     n_splits = 2 if quick else 5
     widths_large = WIDTHS_LARGE[:1] if quick else WIDTHS_LARGE
     epochs = 100 if quick else 400
@@ -294,8 +294,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="examples/results/tabular_regression")
+    ap.add_argument(
+        "--datasets",
+        nargs="+",
+        choices=["diabetes", "friedman1"],
+        default=None,
+        help="default: both (quick: diabetes)",
+    )
     a = ap.parse_args()
-    rows = run(a.quick)
+    rows = run(a.quick, a.datasets)
     summary = summarise(rows)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out + ".json", "w") as fh:

@@ -235,7 +235,8 @@ def run_seed(seed: int, quick: bool, prior: str = "marglik") -> list[dict]:
             dict(subset_of_weights="last_layer", hessian_structure="full"),
         ),
     ]:
-        la = Laplace(model, "classification", **kw)
+        # a copy: BackPACK's hooks must not stay on the model the others use
+        la = Laplace(copy.deepcopy(model), "classification", **kw)
         la.fit(fit_loader)
         preds[name] = laplace_predictor(la, va, prior)
     for name, mask in [

@@ -63,7 +63,6 @@ if __name__ == "__main__":
         )
     )
     print()
-    # S = 2k, 5k side by side in one run; S = 20k: laplace's capped run and ours
     print(
         marglik(["marglik_side_by_side", "marglik:laplace:20000", "marglik_ours_20k"])
     )

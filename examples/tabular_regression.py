@@ -161,6 +161,10 @@ def run(quick: bool, datasets: list[str] | None = None) -> list[dict]:
     for d, kind, k in tqdm.tqdm(jobs, desc="splits"):
         X, y = dataset(d)
         tr, va, te = split(X, y, kind, k)
+
+        def row(**kw):
+            return dict(dataset=d, split=kind, k=k, **kw)  # noqa: B023
+
         sizes = {}
         for w in WIDTHS_SMALL:
             model = train(w, tr, va, k, epochs)
@@ -168,10 +172,7 @@ def run(quick: bool, datasets: list[str] | None = None) -> list[dict]:
             sizes[w] = D
             ll_map, sigma = map_ll(model, tr, te)
             rows.append(
-                dict(
-                    dataset=d,
-                    split=kind,
-                    k=k,
+                row(
                     width=w,
                     S=D,
                     D=D,
@@ -181,10 +182,7 @@ def run(quick: bool, datasets: list[str] | None = None) -> list[dict]:
             )
             ll, lam = laplace_ll(model, torch.arange(D), tr, va, te)
             rows.append(
-                dict(
-                    dataset=d,
-                    split=kind,
-                    k=k,
+                row(
                     width=w,
                     S=D,
                     D=D,
@@ -198,10 +196,7 @@ def run(quick: bool, datasets: list[str] | None = None) -> list[dict]:
             D = sum(p.numel() for p in model.parameters())
             ll_map, sigma = map_ll(model, tr, te)
             rows.append(
-                dict(
-                    dataset=d,
-                    split=kind,
-                    k=k,
+                row(
                     width=w,
                     S=0,
                     D=D,
@@ -217,10 +212,7 @@ def run(quick: bool, datasets: list[str] | None = None) -> list[dict]:
                 idx = mask.select(loader)
                 ll, lam = laplace_ll(model, idx, tr, va, te)
                 rows.append(
-                    dict(
-                        dataset=d,
-                        split=kind,
-                        k=k,
+                    row(
                         width=w,
                         S=S,
                         D=D,

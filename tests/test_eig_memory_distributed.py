@@ -173,3 +173,50 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     assert dist["n"] == 22
     assert_close(dist["H"], la.H, 1e-10, "all-reduced H")
     assert_close(dist["lml"], la.log_marginal_likelihood(), 1e-10, "marglik")
+
+
+def _not_positive_definite(prior):
+    """S = D = 74 on 3 points (rank(H) <= 6), then H shifted by -1e-3 I: what float32
+    round-off does to a rank-deficient GGN, larger than the prior precision."""
+    la = DenseSubnetLaplace(mlp(), "regression", torch.arange(74), prior_precision=1.0)
+    la.fit(loader("regression", n=3))
+    la.H = la.H - 1e-3 * torch.eye(74)
+    la.prior_precision = prior  # resets the cached factors
+    assert torch.linalg.cholesky_ex(la.posterior_precision)[1].item() > 0
+    return la
+
+
+def test_not_positive_definite_scalar_prior_falls_back_to_clipped_eig():
+    la = _not_positive_definite(1e-4)
+    with pytest.warns(RuntimeWarning, match="not numerically positive definite"):
+        cov = la.posterior_covariance
+    g, V = torch.linalg.eigh(la.H)
+    w = 1 / (la._H_factor * g.clamp_min(0) + 1e-4)
+    assert_close(cov, V @ torch.diag(w) @ V.T, what="covariance")
+    X = torch.randn(4, 3)
+    Js = la.backend.jacobians(X)[0][..., la.subnetwork_indices]
+    assert_close(
+        la._glm_predictive_distribution(X)[1],
+        torch.einsum("bcs,st,bkt->bck", Js, V @ torch.diag(w) @ V.T, Js),
+        what="GLM variance",
+    )
+    assert_close(
+        la.log_det_posterior_precision, -w.log().sum(), what="log det (eigvalsh)"
+    )
+
+
+def test_not_positive_definite_layerwise_prior_floors_at_smallest_prior():
+    prior = torch.tensor([1e-4, 2e-4, 3e-4, 4e-4])
+    la = _not_positive_definite(prior)
+    assert la.prior_structure == "layerwise"
+    P = la.posterior_precision
+    e, V = torch.linalg.eigh(P)
+    assert e.min() < 0
+    e = e.clamp_min(1e-4)
+    with pytest.warns(RuntimeWarning, match="eigenvalues >= min prior"):
+        logdet = la.log_det_posterior_precision
+    assert_close(logdet, e.log().sum(), what="log det")
+    with pytest.warns(RuntimeWarning, match="not numerically positive definite"):
+        cov = la.posterior_covariance
+    assert_close(cov, V @ torch.diag(1 / e) @ V.T, what="covariance")
+    assert torch.isfinite(la.log_marginal_likelihood())

@@ -13,6 +13,7 @@ factorisation is preceded by a memory check.
 
 from __future__ import annotations
 
+import warnings
 from math import log, pi
 
 import torch
@@ -114,17 +115,46 @@ class FactorisationMixin:
             g = self._eigvals()
             return linalg.eig_logdet(g, self._H_factor, self._prior_precision[0])
         self._check_factor_fits()
-        L = torch.linalg.cholesky(self.posterior_precision)
-        return 2 * L.diagonal().log().sum()
+        L, info = torch.linalg.cholesky_ex(self.posterior_precision)
+        if info.item() == 0:
+            return 2 * L.diagonal().log().sum()
+        e, _ = self._floored_posterior_eigh()
+        return e.log().sum()
 
     def _compute_scale(self) -> None:
-        if self._uses_eig:
-            g, V = self._eig()
-            scale = linalg.eig_scale(g, V, self._H_factor, self._prior_precision[0])
-            self._posterior_scale = scale
-        else:
+        if not self._uses_eig:
             self._check_factor_fits()
-            super()._compute_scale()
+            try:
+                super()._compute_scale()
+                return
+            except torch.linalg.LinAlgError:
+                if self._prior_structure != "scalar":
+                    e, V = self._floored_posterior_eigh()
+                    self._posterior_scale = V * e.rsqrt()
+                    return
+                self._warn_not_pd("eigendecomposing H once (cached for every prior)")
+        g, V = self._eig()
+        scale = linalg.eig_scale(g, V, self._H_factor, self._prior_precision[0])
+        self._posterior_scale = scale
+
+    def _floored_posterior_eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fallback when the Cholesky factorisation of ``P`` fails to round-off."""
+        self._warn_not_pd("using its eigendecomposition, eigenvalues >= min prior")
+        floor = self.prior_precision_diag.min().detach()
+        return linalg.floored_eigh(self.posterior_precision, floor)
+
+    def _warn_not_pd(self, remedy: str) -> None:
+        fix = "a larger prior precision"
+        if self.H.dtype != torch.float64:
+            fix = "curvature_dtype=torch.float64 or " + fix
+        warnings.warn(
+            f"The posterior precision ({self.H.dtype}, S={self.n_params_subnet}) is "
+            "not numerically positive definite (Cholesky failed: round-off in the "
+            f"curvature is larger than the prior precision); {remedy}. For an exact "
+            f"factorisation pass {fix}.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def functional_variance(self, Js: torch.Tensor) -> torch.Tensor:
         """``(b, c, k)`` GLM output covariance of Jacobians ``(b, c, s)``."""

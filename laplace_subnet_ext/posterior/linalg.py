@@ -23,6 +23,7 @@ __all__ = [
     "eig_scale",
     "eig_functional_variance",
     "chol_functional_variance",
+    "floored_eigh",
 ]
 
 
@@ -112,3 +113,29 @@ def chol_functional_variance(Js: torch.Tensor, scale: torch.Tensor) -> torch.Ten
     r""":math:`(J_S L)(J_S L)^\top` for a covariance square root ``scale`` ``(s, t)``."""
     JL = Js @ scale
     return JL @ JL.transpose(-1, -2)
+
+
+def floored_eigh(
+    P: torch.Tensor, floor: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Eigendecomposition of a posterior precision :math:`P = hG + P_0` whose
+    Cholesky factorisation failed to round-off, eigenvalues raised to ``floor``.
+
+    Exactly, :math:`P \succeq P_0 \succeq \min(P_0) I`, so every eigenvalue is at
+    least the smallest prior precision; eigenvalues below it are round-off of the
+    PSD curvature (typically float32 with a small prior) and are set to it.
+
+    Returns
+    -------
+    e : torch.Tensor
+        ``(s,)`` eigenvalues, ``>= floor``.
+    V : torch.Tensor
+        ``(s, s)`` orthonormal eigenvectors.
+    """
+    check_finite(P, "posterior precision")
+    try:
+        e, V = torch.linalg.eigh(P)
+    except torch.linalg.LinAlgError:
+        e, V = torch.linalg.eigh(P.double())
+        e, V = e.to(P.dtype), V.to(P.dtype)
+    return torch.maximum(e, floor.to(e.dtype)), V

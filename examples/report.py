@@ -85,6 +85,26 @@ def shift() -> str:
             f"{avg('acc', shifted):.3f} | {avg('ll', shifted):.3f} | "
             f"{avg('ece', shifted):.3f} | {avg('brier', shifted):.3f} |"
         )
+    return "\n".join(lines) + "\n\n" + _shift_by_family(s)
+
+
+def _shift_by_family(s: list[dict]) -> str:
+    """Test log-likelihood per shift family (mean over its levels > 0, ± mean s.e.)."""
+    families = list(dict.fromkeys(r["shift"] for r in s))
+    lines = [
+        "Test log-likelihood per shift family (mean over its shifted levels):",
+        "",
+        "| method | " + " | ".join(families) + " |",
+        "|---|" + "---:|" * len(families),
+    ]
+    for m in dict.fromkeys(r["method"] for r in s):
+        cells = []
+        for fam in families:
+            rs = [r for r in s if r["method"] == m and r["shift"] == fam and r["level"]]
+            ll = sum(r["ll"] for r in rs) / len(rs)
+            se = sum(r["ll_se"] for r in rs) / len(rs)
+            cells.append(f"{ll:.3f} ± {se:.3f}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -56,14 +56,16 @@ def tabular() -> str:
     return "\n".join(lines)
 
 
-def shift() -> str:
-    res = _load("shift_classification")
+def shift(
+    name: str = "shift_classification", prior: str = "marginal likelihood"
+) -> str:
+    res = _load(name)
     if res is None:
         return ""
     s = res["summary"]
     lines = [
-        f"Shift classification ({res['seeds']} seeds; shifted = mean over all "
-        "rotations > 0° and corruptions):",
+        f"Shift classification, Laplace priors by {prior} ({res['seeds']} seeds; "
+        "shifted = mean over all rotations > 0° and corruptions):",
         "",
         "| method | clean acc | clean LL | shifted acc | shifted LL | shifted ECE "
         "| shifted Brier |",
@@ -109,4 +111,10 @@ def _shift_by_family(s: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    print("\n\n".join(t for t in (toy(), tabular(), shift()) if t))
+    tables = (
+        toy(),
+        tabular(),
+        shift(),
+        shift("shift_classification_gridsearch", "validation-NLL grid search"),
+    )
+    print("\n\n".join(t for t in tables if t))

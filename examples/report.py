@@ -56,6 +56,41 @@ def tabular() -> str:
     return "\n".join(lines)
 
 
+def tabular_paired() -> str:
+    """Subnetwork in a large net minus full Laplace over the small net with D = S,
+    paired by split (the paper's Fig. 3 claim is that this is positive)."""
+    res = _load("tabular_regression")
+    if res is None:
+        return ""
+    rows = res["rows"]
+    by_key: dict = {}
+    for r in rows:
+        by_key.setdefault((r["dataset"], r["split"], r["width"], r["method"]), {})[
+            r["k"]
+        ] = r["test_ll"]
+    lines = [
+        "Subnetwork minus full Laplace at equal S (test LL, paired by split):",
+        "",
+        "| dataset | split | S | large width | difference ± s.e. | subnet better |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for (d, sp, w, m), sub in by_key.items():
+        if not m.startswith("subnet S=D("):
+            continue
+        small = int(m[len("subnet S=D(") : -1])
+        full = by_key[(d, sp, small, "full Laplace")]
+        diff = [sub[k] - full[k] for k in sub]
+        n = len(diff)
+        mean = sum(diff) / n
+        se = (sum((x - mean) ** 2 for x in diff) / (n - 1)) ** 0.5 / n**0.5
+        S = next(r["S"] for r in rows if r["method"] == m and r["width"] == w)
+        lines.append(
+            f"| {d} | {sp} | {S} | {w} | {mean:+.3f} ± {se:.3f} | "
+            f"{sum(x > 0 for x in diff)}/{n} |"
+        )
+    return "\n".join(lines)
+
+
 def shift(
     name: str = "shift_classification", prior: str = "marginal likelihood"
 ) -> str:
@@ -114,6 +149,7 @@ if __name__ == "__main__":
     tables = (
         toy(),
         tabular(),
+        tabular_paired(),
         shift(),
         shift("shift_classification_gridsearch", "validation-NLL grid search"),
     )

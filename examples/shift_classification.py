@@ -160,7 +160,8 @@ def mc_dropout_predictor(model, n_samples: int):
 
 def laplace_predictor(la, val, prior: str):
     """Tune the prior precision by marginal likelihood (laplace's default) or by a
-    validation-NLL grid (the paper's protocol), then return the GLM probit predictive."""
+    validation-NLL grid (the paper's protocol); return the GLM probit predictive and
+    the chosen prior precision (mean over its entries)."""
     if prior == "marglik":
         la.optimize_prior_precision(
             method="marglik", pred_type="glm", link_approx="probit"
@@ -171,18 +172,21 @@ def laplace_predictor(la, val, prior: str):
             method="gridsearch",
             pred_type="glm",
             link_approx="probit",
-            val_loader=DataLoader(TensorDataset(xv, yv), batch_size=512),
+            val_loader=DataLoader(TensorDataset(xv, yv), batch_size=64),
             log_prior_prec_min=-2,
             log_prior_prec_max=4,
             grid_size=13,
         )
-    # blocks of 64 inputs bound laplace's full-Jacobian memory in the predictive
-    return lambda x: torch.cat(
-        [
-            la(x[i : i + 64], pred_type="glm", link_approx="probit")
-            for i in range(0, len(x), 64)
-        ]
-    )
+
+    def predict(x):  # blocks of 64 inputs bound laplace's full-Jacobian memory
+        return torch.cat(
+            [
+                la(x[i : i + 64], pred_type="glm", link_approx="probit")
+                for i in range(0, len(x), 64)
+            ]
+        )
+
+    return predict, float(la.prior_precision.mean())
 
 
 def metrics(p: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -220,7 +224,7 @@ def run_seed(seed: int, quick: bool, prior: str = "marglik") -> list[dict]:
     D = sum(p.numel() for p in model.parameters())
     S = 300 if quick else 2000
 
-    preds = {}
+    preds, priors = {}, {}
     with torch.no_grad():
         preds["MAP"] = lambda x: F.softmax(model(x), -1)
     preds["MC dropout"] = mc_dropout_predictor(model, 16)
@@ -240,7 +244,7 @@ def run_seed(seed: int, quick: bool, prior: str = "marglik") -> list[dict]:
     ]:
         la = Laplace(model, "classification", **kw)
         la.fit(fit_loader)
-        preds[name] = laplace_predictor(la, va, prior)
+        preds[name], priors[name] = laplace_predictor(la, va, prior)
     for name, mask in [
         (
             "subnet Wasserstein",
@@ -253,7 +257,7 @@ def run_seed(seed: int, quick: bool, prior: str = "marglik") -> list[dict]:
             model, "classification", "subnetwork", "full", subnetwork_indices=idx
         )
         la.fit(fit_loader)
-        preds[name] = laplace_predictor(la, va, prior)
+        preds[name], priors[name] = laplace_predictor(la, va, prior)
     n_members = 2 if quick else 5
     members = [model] + [
         train(CNN(), loader, epochs, seed * 100 + k + 1) for k in range(n_members - 1)
@@ -283,7 +287,7 @@ def run_seed(seed: int, quick: bool, prior: str = "marglik") -> list[dict]:
                     **metrics(p, te[1]),
                 }
             )
-    rows.append({"seed": seed, "D": D, "S": S})
+    rows.append({"seed": seed, "D": D, "S": S, "prior_precision": priors})
     return rows
 
 

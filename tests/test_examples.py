@@ -76,6 +76,10 @@ def test_shift_classification_quick(tmp_path):
     } <= methods
     for r in res["summary"]:
         assert 0 <= r["acc"] <= 1 and 0 <= r["ece"] <= 1 and r["ll"] <= 0
+    (info,) = [r for r in res["rows"] if "prior_precision" in r]
+    laplaces = {m for m in methods if "Laplace" in m or m.startswith("subnet")}
+    assert set(info["prior_precision"]) == laplaces
+    assert all(v > 0 and math.isfinite(v) for v in info["prior_precision"].values())
 
 
 @pytest.mark.parametrize("script", ["bench_vs_laplace", "bench_marglik"])

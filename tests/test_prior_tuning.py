@@ -8,6 +8,7 @@ import pytest
 import torch
 from laplace import FullLaplace
 from laplace.utils import RandomSubnetMask
+from torch.utils.data import DataLoader, TensorDataset
 
 from laplace_subnet_ext import DenseSubnetLaplace
 from tests.cases import D_MLP, assert_close, loader, make, mlp
@@ -159,3 +160,44 @@ def test_joint_prior_and_noise_tuning_reaches_a_stationary_point():
     assert log_lam.grad.abs().max() < 0.05 and log_sig.grad.abs().max() < 0.05
     with pytest.raises(ValueError, match="regression"):
         make().optimize_prior_and_noise()
+
+
+def test_gridsearch_scores_every_value_on_its_own():
+    """laplace 0.3 never resets its torchmetrics NLL between grid values, so value i
+    is scored by the running mean over values 0..i; here that would pick the last
+    grid value (1e4) although the validation NLL is smallest at 1e-1."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+
+    def data(n):
+        X = torch.randn(n, 3, generator=g)
+        return X, ((X[:, 0] + 0.2 * torch.randn(n, generator=g)) > 0).long()
+
+    (Xt, yt), (Xv, yv) = data(40), data(60)
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(100):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(Xt), yt).backward()
+        opt.step()
+    la = DenseSubnetLaplace(model, "classification", torch.arange(D_MLP))
+    la.fit(DataLoader(TensorDataset(Xt, yt), batch_size=20))
+    grid = torch.logspace(-6, 4, 11)
+    nll = []
+    for value in grid:
+        la.prior_precision = float(value)
+        p = la(Xv, pred_type="glm", link_approx="probit")
+        nll.append(torch.nn.functional.nll_loss(p.log(), yv).item())
+    nll = torch.tensor(nll)
+    running = nll.cumsum(0) / torch.arange(1, len(nll) + 1)
+    assert int(running.argmin()) != int(nll.argmin())  # the case discriminates
+    la.optimize_prior_precision(
+        method="gridsearch",
+        pred_type="glm",
+        link_approx="probit",
+        val_loader=DataLoader(TensorDataset(Xv, yv), batch_size=25),
+        log_prior_prec_min=-6,
+        log_prior_prec_max=4,
+        grid_size=11,
+    )
+    assert_close(la.prior_precision, grid[nll.argmin()].reshape(1), what="λ")

@@ -11,8 +11,11 @@ import warnings
 from typing import Any
 
 import torch
+import torchmetrics
+import tqdm
 from laplace.baselaplace import ParametricLaplace
 from laplace.utils.enums import PredType, PriorStructure, TuningMethod
+from laplace.utils.utils import validate
 
 from laplace_subnet_ext.prior.spec import as_prior_tensor
 
@@ -79,6 +82,40 @@ class PriorTuningMixin:
                     f"search grid [{lo:.3g}, {hi:.3g}]; widen log_prior_prec_min/max.",
                     stacklevel=2,
                 )
+
+    def _gridsearch(
+        self,
+        loss: Any,
+        interval: torch.Tensor,
+        val_loader: Any,
+        pred_type: str,
+        link_approx: str = "probit",
+        n_samples: int = 100,
+        progress_bar: bool = False,
+    ) -> torch.Tensor:
+        """laplace's grid search, with a stateful ``torchmetrics`` loss reset
+        before every grid value. laplace 0.3 never resets it, so each value is
+        scored by the running mean over all values tried so far, which favours
+        the last value of an ascending grid."""
+        results = []
+        for value in tqdm.tqdm(interval, disable=not progress_bar):
+            self.prior_precision = value
+            if isinstance(loss, torchmetrics.Metric):
+                loss.reset()
+            try:
+                result = validate(
+                    self,
+                    val_loader,
+                    loss,
+                    pred_type=pred_type,
+                    link_approx=link_approx,
+                    n_samples=n_samples,
+                    dict_key_y=self.dict_key_y,
+                )
+            except torch.linalg.LinAlgError:
+                result = float("inf")
+            results.append(result)
+        return interval[int(torch.tensor(results).argmin())]
 
     def optimize_prior_and_noise(
         self, n_steps: int = 100, lr: float = 1e-1, tune_sigma_noise: bool = True

@@ -55,15 +55,19 @@ def psd_eigh(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ``(s, s)`` orthonormal eigenvectors (columns).
     """
     check_finite(H)
-    # eigh reads the lower triangle only: no symmetrised copy of H is needed
-    try:
-        g, V = torch.linalg.eigh(H)
-    except torch.linalg.LinAlgError:
-        # LAPACK's divide-and-conquer can fail on float32 GGNs with many zero
-        # eigenvalues (dead ReLUs); float64 converges, then cast back.
-        g, V = torch.linalg.eigh(H.double())
-        g, V = g.to(H.dtype), V.to(H.dtype)
+    g, V = _eigh(H)
     return g.clamp_min(0.0), V
+
+
+def _eigh(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh`` (reads the lower triangle only: no symmetrised copy),
+    retried in float64 and cast back if LAPACK fails to converge: its
+    divide-and-conquer can fail on float32 GGNs with many zero eigenvalues."""
+    try:
+        return torch.linalg.eigh(A)
+    except torch.linalg.LinAlgError:
+        e, V = torch.linalg.eigh(A.double())
+        return e.to(A.dtype), V.to(A.dtype)
 
 
 def psd_eigvalsh(H: torch.Tensor) -> torch.Tensor:
@@ -133,9 +137,5 @@ def floored_eigh(
         ``(s, s)`` orthonormal eigenvectors.
     """
     check_finite(P, "posterior precision")
-    try:
-        e, V = torch.linalg.eigh(P)
-    except torch.linalg.LinAlgError:
-        e, V = torch.linalg.eigh(P.double())
-        e, V = e.to(P.dtype), V.to(P.dtype)
+    e, V = _eigh(P)
     return torch.maximum(e, floor.to(e.dtype)), V

@@ -1,23 +1,41 @@
 r"""The one seam through which the posterior gets its Jacobians.
 
 Index conventions: ``b`` batch, ``c``/``k`` outputs, ``p`` all parameters,
-``s`` subnetwork parameters.
+``s`` subnetwork parameters, ``t`` positions sharing a weight.
 
 :class:`SubnetJacobians` returns :math:`J_S(x)` ``(b, c, s)`` and :math:`f(x)`
 ``(b, c)``. Methods:
 
 ``"auto"`` (default)
-    Fast activation-based path (:mod:`.fast`) for supported modules, generic
+    Fast path for tensors covered by a rule (:mod:`.rules`), generic
     ``torch.func`` path (:mod:`.functional`) for every other touched tensor.
+    The fast path is exact by construction, in three layers:
+
+    1. a tensor is a candidate only if a module with a rule holds it;
+    2. after each forward pass the autograd graph must show that *every* use of
+       the tensor lies inside a recorded use (:mod:`.guard`); otherwise it takes
+       the generic path for that pass (and from then on);
+    3. on the first call, the fast columns are compared with ``torch.func``
+       (:mod:`.verify`, about one extra forward + backward pass); a tensor that
+       disagrees moves to the generic path with a warning naming it.
+       ``verify=False`` skips this check.
 ``"functional"``
     Generic path for all touched tensors.
 ``"backend"``
     laplace-torch's backend Jacobians for all ``D`` parameters, then sliced:
     the reference this package replaces, kept for comparison.
+
+For every fast use, :math:`\partial f_k/\partial\theta_s = \sum_t g_{kst} h_{st}`
+(output gradient times input factor, see :mod:`.rules`): one backward pass per
+output, memory ``O(b c S)`` plus activations, never ``O(b c D)``.
+The fast rules assume, as BackPACK does, that samples do not interact in the
+forward pass (true in eval mode for the covered modules; checked by layer 3).
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
@@ -25,18 +43,20 @@ import torch
 from torch import nn
 
 from laplace_subnet_ext.jacobians.batching import batch_size, slice_batch
-from laplace_subnet_ext.jacobians.fast import (
-    FastCapture,
-    is_fast,
-    prepare_input,
-    selected_entries,
-)
+from laplace_subnet_ext.jacobians.capture import FastCapture
 from laplace_subnet_ext.jacobians.functional import functional_jacobians
-from laplace_subnet_ext.jacobians.layout import SubnetLayout
+from laplace_subnet_ext.jacobians.guard import explained_params
+from laplace_subnet_ext.jacobians.layout import SubnetLayout, TensorSelection
+from laplace_subnet_ext.jacobians.rules import rule_for
+from laplace_subnet_ext.jacobians.verify import mismatched_tensors, tolerance
 
 __all__ = ["SubnetJacobians", "JACOBIAN_METHODS"]
 
 JACOBIAN_METHODS = ("auto", "functional", "backend")
+logger = logging.getLogger(__name__)
+
+#: elements of one (b, chunk, t) product; bounds the fast path's scratch memory
+CHUNK_ELEMENTS = 2**24
 
 
 class SubnetJacobians:
@@ -55,6 +75,14 @@ class SubnetJacobians:
     backend_jacobians : callable, optional
         ``x -> (Js, f)`` of laplace's backend (full then sliced); required
         for ``method="backend"``.
+    verify : bool, default=True
+        Compare the fast columns with ``torch.func`` on the first call.
+
+    Attributes
+    ----------
+    generic_reasons : dict
+        ``tensor name -> why`` for candidates of the fast path that were moved
+        to the generic path (by the graph guard or by the run-time check).
     """
 
     def __init__(
@@ -66,6 +94,7 @@ class SubnetJacobians:
         dict_key_x: str = "input_ids",
         generic_chunk_size: int | None = None,
         backend_jacobians: Callable | None = None,
+        verify: bool = True,
     ) -> None:
         if method not in JACOBIAN_METHODS:
             raise ValueError(
@@ -79,13 +108,24 @@ class SubnetJacobians:
         self.dict_key_x = dict_key_x
         self.generic_chunk_size = generic_chunk_size
         self.backend_jacobians = backend_jacobians
+        self.verify = bool(verify)
+        self.verified = False
+        self.generic_reasons: dict[str, str] = {}
 
     def split(self) -> tuple[list, list]:
-        """Touched tensors on the fast path, and on the generic path."""
+        """Candidates of the fast path, and tensors for the generic path."""
         if self.method != "auto":
             return [], list(self.layout.selections)
-        fast = [s for s in self.layout.selections if is_fast(s.module)]
-        slow = [s for s in self.layout.selections if not is_fast(s.module)]
+        covered = {
+            id(p)
+            for m in self.model.modules()
+            if (rule := rule_for(m)) is not None
+            for p in rule.params(m)
+        }
+        fast, slow = [], []
+        for sel in self.layout.selections:
+            ok = id(sel.param) in covered and sel.name not in self.generic_reasons
+            (fast if ok else slow).append(sel)
         return fast, slow
 
     def __call__(
@@ -95,51 +135,86 @@ class SubnetJacobians:
         if self.method == "backend":
             Js, f = self.backend_jacobians(x)
             return Js.detach(), f.detach()
-        fast, slow = self.split()
+        candidates, slow = self.split()
+        Js = f = None
         with torch.enable_grad():
-            if fast:
-                Js, f = self._fast(fast, x)
-            else:
-                Js, f = None, None
+            if candidates:
+                Js, f, fast, demoted = self._fast(candidates, x)
+                slow = slow + demoted
+                if fast and self.verify and not self.verified:
+                    bad = self._check(fast, Js, x)
+                    slow = slow + bad
+            self.verified = True
             if slow:
-                Js_slow, f_slow = self._generic(slow, x)
-                if Js is None:
-                    f = f_slow
-                    Js = torch.empty(
-                        *f.shape, self.layout.n_subnet, dtype=f.dtype, device=f.device
-                    )
-                for sel, cols in zip(slow, _split_cols(Js_slow, slow)):
-                    Js[:, :, sel.positions] = cols
+                Js, f = self._fill_generic(slow, x, Js, f)
         return Js, f
 
-    def _fast(self, fast: list, x) -> tuple[torch.Tensor, torch.Tensor]:
-        modules = list(dict.fromkeys(sel.module for sel in fast))
-        with FastCapture(modules) as cap:
+    # ---------------------------------------------------------------- fast path
+    def _fast(self, candidates: list, x) -> tuple:
+        params = {id(s.param): s.param for s in candidates}
+        with FastCapture(self.model, list(params.values())) as cap:
             f = self.model(x)
         _check_output(f)
         b, c = f.shape
+        ok, reasons = explained_params(f, cap.uses, params, b)
+        demoted = [s for s in candidates if id(s.param) not in ok]
+        for s in demoted:
+            self.generic_reasons[s.name] = reasons[id(s.param)]
+            logger.info("%s takes the generic path: %s", s.name, reasons[id(s.param)])
+        fast = [s for s in candidates if id(s.param) in ok]
         Js = f.new_zeros(b, c, self.layout.n_subnet)
-        outs = cap.outputs()
-        # input-side factors once per forward pass, reused for all c outputs
-        prepared = {
-            (id(sel), j): prepare_input(sel, a)
+        work = [
+            (sel, u, u.factor(sel.local))  # input-side factors once per forward
             for sel in fast
-            for j, (a, _) in enumerate(cap.records[sel.module])
-        }
-        for k in range(c):
+            for u in cap.uses[id(sel.param)]
+            if u.z.requires_grad
+        ]
+        outs = list({id(u.z): u.z for _, u, _ in work}.values())
+        for k in range(c if outs else 0):
             grads = torch.autograd.grad(
                 f[:, k].sum(), outs, retain_graph=k < c - 1, allow_unused=True
             )
             grad_of = {id(z): g for z, g in zip(outs, grads)}
-            for sel in fast:
-                for j, (_, z) in enumerate(cap.records[sel.module]):
-                    dz = grad_of[id(z)]
-                    if dz is None:
-                        continue
-                    Js[:, k, sel.positions] += selected_entries(
-                        sel, prepared[(id(sel), j)], dz.detach()
+            for sel, u, h in work:
+                dz = grad_of[id(u.z)]
+                if dz is not None:
+                    Js[:, k, sel.positions] += _contract(
+                        u.gradient(dz.detach(), sel.local), h
                     )
-        return Js, f.detach()
+        return Js, f.detach(), fast, demoted
+
+    def _check(self, fast: list, Js: torch.Tensor, x) -> list:
+        """Run-time verification of the fast columns; demote and warn on mismatch."""
+        bad = mismatched_tensors(self.model, fast, Js, x)
+        if not bad:
+            return []
+        tol = tolerance(Js.dtype)
+        for name, err in bad.items():
+            self.generic_reasons[name] = (
+                f"run-time check: relative error {err:.2e} > {tol:.0e}"
+            )
+        warnings.warn(
+            "fast subnetwork Jacobians disagree with torch.func for "
+            + ", ".join(f"{n} (relative error {e:.2e})" for n, e in bad.items())
+            + f" (tolerance {tol:.0e}); these tensors now take the generic path, "
+            "which is exact. Please report the model at the laplace-subnet-ext "
+            "issue tracker.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return [s for s in fast if s.name in bad]
+
+    # ------------------------------------------------------------- generic path
+    def _fill_generic(self, slow: list, x, Js, f) -> tuple:
+        Js_slow, f_slow = self._generic(slow, x)
+        if Js is None:
+            f = f_slow
+            Js = torch.empty(
+                *f.shape, self.layout.n_subnet, dtype=f.dtype, device=f.device
+            )
+        for sel, cols in zip(slow, _split_cols(Js_slow, slow)):
+            Js[:, :, sel.positions] = cols
+        return Js, f
 
     def _generic(self, slow: list, x) -> tuple[torch.Tensor, torch.Tensor]:
         n = batch_size(x, self.dict_key_x)
@@ -154,7 +229,19 @@ class SubnetJacobians:
         return torch.cat(parts_J), torch.cat(parts_f)
 
 
-def _split_cols(Js: torch.Tensor, selections: list) -> list[torch.Tensor]:
+def _contract(g: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
+    """``(b, s)``: :math:`\sum_t g_{bst} h_{bst}` in chunks of bounded scratch memory."""
+    if h is None:
+        return g.sum(-1)
+    b, n, t = g.shape
+    step = max(1, CHUNK_ELEMENTS // max(1, b * t))
+    return torch.cat(
+        [(g[:, i : i + step] * h[:, i : i + step]).sum(-1) for i in range(0, n, step)],
+        dim=1,
+    )
+
+
+def _split_cols(Js: torch.Tensor, selections: list[TensorSelection]) -> list:
     sizes = [sel.local.numel() for sel in selections]
     return list(torch.split(Js, sizes, dim=-1))
 

@@ -1,0 +1,369 @@
+r"""Fast Jacobian rules: one entry per module type, looked up in :data:`RULES`.
+
+Index conventions: ``n`` samples (the batch), ``s`` selected entries of one
+tensor, ``t`` positions that share a weight (sequence positions, spatial
+locations), ``i`` input features, ``o`` output features.
+
+Each rule turns one call of a module into :class:`Use` records: "this parameter
+entered the operation whose output is ``z``, with this input". For every use the
+Jacobian entry of a selected weight is a sum over positions of two factors,
+
+.. math:: \partial f_k / \partial \theta_s = \sum_t g_{ks t}\, h_{s t},
+
+with :math:`g` gathered from :math:`\partial f_k / \partial z` (``Use.gradient``)
+and :math:`h` from the op's input (``Use.factor``; ``None`` means ones, e.g. a
+bias). A parameter used several times (a module called twice, tied weights,
+an attention block's projections) gets one use per call; the engine sums them.
+
+A rule only *proposes* uses. Whether they account for every use of the
+parameter in the forward pass is decided afterwards from the autograd graph
+(:mod:`.guard`); a parameter with an unexplained use takes the generic path.
+
+Coverage (``forward`` not overridden by a subclass):
+
+==========================  =====================================================
+``nn.Linear``               weight, bias; input ``(n, ..., i)``
+``nn.Conv2d``               ``groups=1``, ``padding_mode="zeros"``, numeric padding
+``nn.BatchNorm1d/2d/3d``    eval mode with running statistics
+``nn.LayerNorm``            weight, bias
+``nn.Embedding``            no ``max_norm``
+``nn.MultiheadAttention``   batched inputs; ``in_proj_weight`` / ``in_proj_bias``
+                            for self-attention (query is key is value),
+                            ``q/k/v_proj_weight`` (``kdim``/``vdim``), ``out_proj``
+==========================  =====================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Use", "Rule", "RULES", "rule_for", "is_fast", "linear_uses"]
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass(eq=False)
+class Use:
+    """One use of a parameter tensor inside a recognised operation.
+
+    Attributes
+    ----------
+    param : torch.Tensor
+        The parameter (by identity).
+    z : torch.Tensor
+        The operation's output, a node of the autograd graph.
+    inputs : tuple of torch.Tensor
+        The operation's differentiable inputs; the guard's graph walk stops there.
+    n : int
+        Number of samples in the rows of ``z``.
+    factor : callable
+        ``local -> (n, s, t)`` input-side factor, or ``None`` for ones.
+    gradient : callable
+        ``(dz, local) -> (n, s, t)`` output gradient at each entry's unit.
+    """
+
+    param: torch.Tensor
+    z: torch.Tensor
+    inputs: tuple
+    n: int
+    factor: Callable[[torch.Tensor], torch.Tensor | None]
+    gradient: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    module: nn.Module | None = field(default=None)
+
+
+def _batch_first(a: torch.Tensor, n: int) -> torch.Tensor:
+    """``(..., i)`` with samples leading -> ``(n, t, i)``."""
+    return a.reshape(n, -1, a.shape[-1])
+
+
+def linear_uses(
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    a: torch.Tensor,
+    z: torch.Tensor,
+    n: int,
+    rows: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> list[Use]:
+    r"""Uses of ``z = a W^T + b``: :math:`\partial f/\partial W_{oi} = \sum_t g_{to} a_{ti}`.
+
+    ``rows`` maps a tensor laid out like ``a`` / ``z`` to ``(n, t, features)``
+    (default: samples lead).
+    """
+    rows = rows or (lambda u: _batch_first(u, n))
+    A = rows(a.detach())  # (n, t, i)
+    uses = []
+    if weight is not None:
+        in_f = weight.shape[1]
+        uses.append(
+            Use(
+                weight,
+                z,
+                (a,),
+                n,
+                lambda local: A[:, :, local % in_f].transpose(1, 2),
+                lambda dz, local: rows(dz)[:, :, local // in_f].transpose(1, 2),
+            )
+        )
+    if bias is not None:
+        uses.append(
+            Use(
+                bias,
+                z,
+                (a,),
+                n,
+                lambda local: None,
+                lambda dz, local: rows(dz)[:, :, local].transpose(1, 2),
+            )
+        )
+    return uses
+
+
+def _channels(u: torch.Tensor) -> torch.Tensor:
+    """``(n, ch, ...)`` -> ``(n, ch, t)``."""
+    return u.flatten(2) if u.ndim > 2 else u.unsqueeze(-1)
+
+
+class Rule:
+    """A fast Jacobian rule for one module type (subclasses fill the two hooks)."""
+
+    #: module class served (exact ``forward`` of this class only)
+    cls: type[nn.Module] = nn.Module
+
+    def applies(self, module: nn.Module) -> bool:
+        """Whether ``module``'s configuration is covered."""
+        return True
+
+    def params(self, module: nn.Module) -> list[torch.Tensor]:
+        """Parameters for which this rule can produce uses."""
+        return [p for _, p in module.named_parameters(recurse=False)]
+
+    def uses(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> list[Use]:
+        """Uses recorded from one call (called by a forward hook)."""
+        raise NotImplementedError
+
+
+class LinearRule(Rule):
+    cls = nn.Linear
+
+    def uses(self, module, inputs, output):
+        a = inputs[0]
+        if a.ndim < 2:  # unbatched: leave it to the generic path
+            return []
+        return linear_uses(module.weight, module.bias, a, output, a.shape[0])
+
+
+class Conv2dRule(Rule):
+    cls = nn.Conv2d
+
+    def applies(self, module):
+        return (
+            module.groups == 1
+            and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str)
+        )
+
+    def uses(self, m, inputs, output):
+        a = inputs[0]
+        if a.ndim != 4:
+            return []
+        n = a.shape[0]
+        unf = F.unfold(a.detach(), m.kernel_size, m.dilation, m.padding, m.stride)
+        per_out = m.weight[0].numel()
+        out = [
+            Use(
+                m.weight,
+                output,
+                (a,),
+                n,
+                lambda local: unf[:, local % per_out, :],
+                lambda dz, local: _channels(dz)[:, local // per_out, :],
+            )
+        ]
+        if m.bias is not None:
+            out.append(
+                Use(
+                    m.bias,
+                    output,
+                    (a,),
+                    n,
+                    lambda local: None,
+                    lambda dz, local: _channels(dz)[:, local, :],
+                )
+            )
+        return out
+
+
+class BatchNormRule(Rule):
+    cls = nn.BatchNorm2d
+
+    def applies(self, module):
+        return (not module.training) and module.running_mean is not None
+
+    def uses(self, m, inputs, output):
+        a = inputs[0]
+        shape = [1, -1] + [1] * (a.ndim - 2)
+        xhat = _channels(
+            (a.detach() - m.running_mean.reshape(shape))
+            / torch.sqrt(m.running_var.reshape(shape) + m.eps)
+        )
+        return _affine_uses(m, a, output, a.shape[0], xhat, _channels, by_channel=True)
+
+
+class LayerNormRule(Rule):
+    cls = nn.LayerNorm
+
+    def uses(self, m, inputs, output):
+        a = inputs[0]
+        k = len(m.normalized_shape)
+        if a.ndim <= k:
+            return []
+        n = a.shape[0]
+        xhat = F.layer_norm(a.detach(), m.normalized_shape, None, None, m.eps)
+
+        def rows(u):  # (n, ..., *normalized) -> (n, t, prod(normalized))
+            return u.reshape(n, -1, *u.shape[u.ndim - k :]).flatten(2)
+
+        return _affine_uses(m, a, output, n, rows(xhat), rows, by_channel=False)
+
+
+def _affine_uses(m, a, output, n, xhat, rows, by_channel: bool) -> list[Use]:
+    """Elementwise affine ``z = w * xhat + b`` (BatchNorm: ``(n, ch, t)``, LayerNorm:
+    ``(n, t, features)``)."""
+
+    def pick(u, local):
+        return u[:, local, :] if by_channel else u[:, :, local].transpose(1, 2)
+
+    out = []
+    if m.weight is not None:
+        out.append(
+            Use(
+                m.weight,
+                output,
+                (a,),
+                n,
+                lambda local: pick(xhat, local),
+                lambda dz, local: pick(rows(dz), local),
+            )
+        )
+    if m.bias is not None:
+        out.append(
+            Use(
+                m.bias,
+                output,
+                (a,),
+                n,
+                lambda local: None,
+                lambda dz, local: pick(rows(dz), local),
+            )
+        )
+    return out
+
+
+class EmbeddingRule(Rule):
+    cls = nn.Embedding
+
+    def applies(self, module):
+        return module.max_norm is None
+
+    def uses(self, m, inputs, output):
+        tokens = inputs[0]
+        if tokens.ndim < 1:
+            return []
+        n = tokens.shape[0]
+        tok = tokens.reshape(n, -1)  # (n, t)
+        E = m.embedding_dim
+
+        def factor(local):
+            row = local // E
+            hit = (tok[:, None, :] == row[None, :, None]).to(m.weight.dtype)
+            if m.padding_idx is not None:
+                hit = hit * (row != m.padding_idx).to(hit.dtype)[None, :, None]
+            return hit  # (n, s, t)
+
+        return [
+            Use(
+                m.weight,
+                output,
+                (),
+                n,
+                factor,
+                lambda dz, local: dz.reshape(n, -1, E)[:, :, local % E].transpose(1, 2),
+            )
+        ]
+
+
+class MultiheadAttentionRule(Rule):
+    """Projections of ``nn.MultiheadAttention``, recorded at their ``linear`` calls.
+
+    ``F.multi_head_attention_forward`` applies the in- and out-projections with
+    ``torch.nn.functional.linear``; during the module's forward that name is
+    bound to a recorder (see :class:`.capture.FastCapture`). Inside, tensors are
+    sequence-first: ``(L, n, E)`` for the in-projections and ``(L * n, E)`` for
+    the out-projection, mapped to ``(n, L, E)`` here.
+    """
+
+    cls = nn.MultiheadAttention
+
+    def params(self, m):
+        names = ("in_proj_weight", "in_proj_bias", "q_proj_weight")
+        names += ("k_proj_weight", "v_proj_weight")
+        own = [getattr(m, k) for k in names if getattr(m, k, None) is not None]
+        return own + [p for p in (m.out_proj.weight, m.out_proj.bias) if p is not None]
+
+    def uses(self, module, inputs, output):  # recorded by the linear recorder
+        return []
+
+    @staticmethod
+    def batch_size(module: nn.MultiheadAttention, query: torch.Tensor) -> int | None:
+        if query.ndim != 3:
+            return None
+        return query.shape[0] if module.batch_first else query.shape[1]
+
+    @staticmethod
+    def linear_call_uses(weight, bias, a, z, n) -> list[Use]:
+        """Uses of one ``linear(a, weight, bias)`` call inside attention."""
+        if a.ndim == 3 and a.shape[1] == n:  # (L, n, E)
+
+            def rows(u):
+                return u.transpose(0, 1)
+
+        elif a.ndim == 2 and a.shape[0] % n == 0:  # (L * n, E), row = l * n + b
+
+            def rows(u):
+                return u.reshape(-1, n, u.shape[-1]).transpose(0, 1)
+
+        else:
+            return []
+        return linear_uses(weight, bias, a, z, n, rows)
+
+
+#: module type -> rule; BatchNorm1d/3d share BatchNorm2d's rule
+RULES: dict[type[nn.Module], Rule] = {
+    nn.Linear: LinearRule(),
+    nn.Conv2d: Conv2dRule(),
+    nn.LayerNorm: LayerNormRule(),
+    nn.Embedding: EmbeddingRule(),
+    nn.MultiheadAttention: MultiheadAttentionRule(),
+    **{cls: BatchNormRule() for cls in _BATCHNORMS},
+}
+
+
+def rule_for(module: nn.Module) -> Rule | None:
+    """The rule serving ``module``, or None (subclass with its own ``forward``,
+    uncovered configuration, or no rule)."""
+    for cls in type(module).__mro__:
+        rule = RULES.get(cls)
+        if rule is not None:
+            plain = type(module).forward is cls.forward
+            return rule if plain and rule.applies(module) else None
+    return None
+
+
+def is_fast(module: nn.Module) -> bool:
+    """Whether ``module`` has a fast rule (its parameters may take the fast path)."""
+    return rule_for(module) is not None

@@ -48,9 +48,10 @@ class Pool(nn.Module):
         super().__init__()
         self.body, self.head, self.seq_first = body, nn.Linear(width, C), seq_first
 
-    def forward(self, x):
-        h = self.body(x)
-        return self.head(h.mean(0 if self.seq_first else 1))
+    def forward(self, x):  # x: (b, t, e); a sequence-first body gets (t, b, e)
+        if self.seq_first:
+            return self.head(self.body(x.transpose(0, 1)).mean(0))
+        return self.head(self.body(x).mean(1))
 
 
 class SelfAttention(nn.Module):
@@ -254,7 +255,7 @@ ZOO = [
     ZooCase(
         "mha_seq_first",
         lambda: Pool(SelfAttention(True, batch_first=False), seq_first=True),
-        lambda: torch.randn(L, B, E),
+        _seq,
         ("in_proj_weight",),
     ),
     ZooCase(
@@ -294,7 +295,7 @@ ZOO = [
             ),
             seq_first=True,
         ),
-        lambda: torch.randn(L, B, E),
+        _seq,
     ),
     ZooCase("tied_embedding_head", TiedLM, _tokens, ("emb.weight",)),
     ZooCase("module_called_twice", CalledTwice, _seq, ("lin.weight",)),

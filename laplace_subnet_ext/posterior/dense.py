@@ -46,6 +46,7 @@ from laplace_subnet_ext.selection.resolve import select_indices
 __all__ = ["DenseSubnetLaplace", "NotFittedError"]
 
 _MISSING: Any = object()
+_HALF = (torch.float16, torch.bfloat16)
 #: dispatch key while the plugin is not registered (never built by laplace.Laplace)
 INERT_KEY = ("subnetwork", "full", "laplace_subnet_ext:unregistered")
 
@@ -98,10 +99,22 @@ class DenseSubnetLaplace(
         the subnetwork uses :math:`\lambda S / D` (paper, sec. 6.1);
         ``prior_precision_full_network`` keeps the given value.
     jacobian_method : {"auto", "functional", "backend"}, default="auto"
-        See :mod:`laplace_subnet_ext.jacobians.engine`.
+        ``"auto"``: a fast rule per module type (``nn.Linear``, ``nn.Conv2d``,
+        eval ``BatchNorm``, ``nn.LayerNorm``, ``nn.Embedding``, the projections
+        of ``nn.MultiheadAttention``) for every tensor whose every use in the
+        forward pass the autograd graph shows to be covered by a rule (tied
+        weights: all uses summed); ``torch.func`` for every other tensor. See
+        :mod:`laplace_subnet_ext.jacobians.engine`.
+    verify_jacobians : bool, default=True
+        On the first Jacobian call (first batch of :meth:`fit`, or the first
+        predictive without a fit), compare the fast columns with
+        ``torch.func.vjp`` per tensor (about one extra forward + backward pass);
+        a tensor that disagrees moves to the generic path, with a
+        ``RuntimeWarning`` naming it.
     curvature_dtype : torch.dtype, optional
-        dtype of the S x S curvature and its factorisation (e.g. float64 for a
-        float32 model). Default: the model's dtype.
+        dtype of the S x S curvature and its factorisation, float32 or float64
+        (e.g. float64 for a float32 model). Default: the model's dtype; float32
+        for bfloat16 / float16 models, whose Jacobians stay in the model's dtype.
     memory_budget : int or str, optional
         Bytes (or "4GB") allowed for the dense posterior; default: free memory.
     predictive_block_bytes : int, default=256 MiB
@@ -138,6 +151,7 @@ class DenseSubnetLaplace(
         backend_kwargs: dict[str, Any] | None = None,
         asdl_fisher_kwargs: dict[str, Any] | None = None,
         jacobian_method: str = "auto",
+        verify_jacobians: bool = True,
         curvature_dtype: torch.dtype | None = None,
         memory_budget: int | str | None = None,
         predictive_block_bytes: int = 2**28,
@@ -168,7 +182,17 @@ class DenseSubnetLaplace(
         self._eigvals_cache: tuple | None = None
         self.prior_rescaling = bool(prior_rescaling)
         self.prior_precision_full_network: torch.Tensor | None = None
+        if curvature_dtype is not None and curvature_dtype not in (
+            torch.float32,
+            torch.float64,
+        ):
+            raise ValueError(
+                "curvature_dtype must be torch.float32 or torch.float64; got "
+                f"{curvature_dtype}. torch.linalg cannot factorise half-precision "
+                "matrices; leave it None (float32 for bfloat16/float16 models)."
+            )
         self.jacobian_method = jacobian_method
+        self.verify_jacobians = bool(verify_jacobians)
         self.curvature_dtype = curvature_dtype
         self.memory_budget = (
             None if memory_budget is None else parse_bytes(memory_budget)
@@ -206,7 +230,11 @@ class DenseSubnetLaplace(
 
     @property
     def _cdtype(self) -> torch.dtype:
-        return self.curvature_dtype or self._dtype
+        """Curvature / factorisation dtype: as given, else the model's, float32 for
+        bfloat16 / float16 models (torch.linalg has no half-precision solvers)."""
+        if self.curvature_dtype is not None:
+            return self.curvature_dtype
+        return torch.float32 if self._dtype in _HALF else self._dtype
 
     def _check_selected(self) -> None:
         if self._layout is None:
@@ -240,6 +268,7 @@ class DenseSubnetLaplace(
             method=self.jacobian_method,
             dict_key_x=self.dict_key_x,
             backend_jacobians=self._backend_jacobians,
+            verify=self.verify_jacobians,
         )
         self._init_H()
         self._apply_prior()
@@ -312,13 +341,14 @@ class DenseSubnetLaplace(
         pbar = tqdm.tqdm(train_loader, disable=not progress_bar)
         pbar.set_description("[Computing subnetwork Hessian]")
         loss = torch.zeros((), device=self._device, dtype=self._dtype)
-        for data in pbar:
+        for i, data in enumerate(pbar):
             if isinstance(data, MutableMapping):
                 X, y = to_device(data, self._device), data[self.dict_key_y]
             else:
                 X, y = data
                 X = to_device(X, self._device)
             loss_b, H_b = self._curv_closure(X, y.to(self._device), N)
+            _check_finite(i, loss_b, H_b)
             loss = loss + loss_b
             self.H += H_b
         n_data = torch.tensor(N, device=self._device)
@@ -342,3 +372,20 @@ class DenseSubnetLaplace(
     def _check_H_init(self) -> None:
         if getattr(self, "H", None) is None:
             raise NotFittedError("Laplace not fitted. Run fit() first.")
+
+
+def _check_finite(batch: int, loss: torch.Tensor, H: torch.Tensor) -> None:
+    """Fail fast on a batch whose loss (hence outputs) or curvature is not finite."""
+    bad = (
+        "loss (model outputs or targets)"
+        if not torch.isfinite(loss).all()
+        else "curvature"
+        if not torch.isfinite(H).all()
+        else None
+    )
+    if bad is not None:
+        raise ValueError(
+            f"train_loader batch {batch} (0-based) gives a non-finite {bad}; "
+            "nothing of it was added. Check that batch's inputs and targets, and "
+            "the model's dtype (float16 overflows above 65504; fit a float32 copy)."
+        )

@@ -2,7 +2,10 @@ r"""``state_dict`` / ``load_state_dict`` of the dense subnetwork posterior."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
+
+import torch
 
 __all__ = ["SubnetStateMixin"]
 
@@ -46,6 +49,7 @@ class SubnetStateMixin:
                 f"state_dict likelihood is {state_dict['likelihood']!r}; this "
                 f"posterior's is {self.likelihood!r}."
             )
+        self._warn_if_other_subnetwork(state_dict["subnetwork_indices"])
         self._prior_precision_spec = state_dict["prior_precision"]
         self._prior_mean_spec = state_dict["prior_mean"]
         self.prior_rescaling = False  # stored precision is already the subnet one
@@ -64,3 +68,23 @@ class SubnetStateMixin:
         self.enable_backprop = state_dict["enable_backprop"]
         self._eig_cache = self._eigvals_cache = None
         self._posterior_scale = None
+
+    def _warn_if_other_subnetwork(self, indices: torch.Tensor) -> None:
+        """Warn when the state's subnetwork replaces a different one of this object."""
+        if self._layout is None:
+            return
+        old = self._layout.indices
+        new = torch.as_tensor(indices).to(old.device)
+        if new.shape == old.shape and torch.equal(new, old):
+            return
+        only_new = int((~torch.isin(new, old)).sum())
+        only_old = int((~torch.isin(old, new)).sum())
+        warnings.warn(
+            f"load_state_dict: the state's subnetwork (S={new.numel()}) differs from "
+            f"the one this object was built with (S={old.numel()}): {only_new} "
+            f"indices only in the state, {only_old} only in this object"
+            + (", same set in another order" if only_new == only_old == 0 else "")
+            + ". The state's subnetwork is used from now on.",
+            UserWarning,
+            stacklevel=3,
+        )

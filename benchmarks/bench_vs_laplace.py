@@ -31,6 +31,8 @@ def _build(kind: str, width: int):
             nn.ReLU(),
             nn.Linear(width, 10),
         ), (100,)
+    if kind == "transformer":  # width = d_model; 6 layers, 4 heads, 32 tokens
+        return TokenTransformer(width), (32,)
     # CNN on 32x32x3 inputs; width = channels of the first block
     c = width
     layers, ch = [], 3
@@ -47,6 +49,48 @@ def _build(kind: str, width: int):
         ch = out
     layers += [nn.Flatten(), nn.Linear(ch * 2 * 2, 10)]
     return nn.Sequential(*layers).eval(), (3, 32, 32)
+
+
+def TokenTransformer(d: int, vocab: int = 1000, seq: int = 32, layers: int = 6):
+    """Token classifier: Embedding + sinusoidal positions, ``nn.TransformerEncoder``
+    (batch first, pre-norm off, no dropout), mean pool, Linear head (10 classes)."""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(vocab, d)
+            pos = torch.arange(seq)[:, None] / 10000 ** (torch.arange(0, d, 2) / d)
+            self.register_buffer(
+                "pos", torch.stack([pos.sin(), pos.cos()], -1).flatten(1)
+            )
+            layer = nn.TransformerEncoderLayer(
+                d, 4, 4 * d, dropout=0.0, batch_first=True
+            )
+            self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+            self.head = nn.Linear(d, 10)
+
+        def forward(self, tokens):
+            return self.head(self.enc(self.emb(tokens) + self.pos).mean(1))
+
+    return Net().eval()
+
+
+def _inputs(kind: str, n: int, in_shape: tuple):
+    import torch
+
+    if kind == "transformer":
+        return torch.randint(1000, (n, *in_shape))
+    return torch.randn(n, *in_shape)
+
+
+def _limit_memory(gib: float | None) -> None:
+    """Cap the address space so a too-large allocation raises instead of waking
+    the kernel's OOM killer (which may pick another process)."""
+    if gib:
+        limit = int(gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 def _bound(model, dl, n_out: int, n_subnet: int) -> float:
@@ -66,7 +110,19 @@ def _bound(model, dl, n_out: int, n_subnet: int) -> float:
     return time.perf_counter() - t
 
 
-def _run(impl, kind, width, n_subnet, n_train, n_test, lik, q, backend_name="default"):
+def _run(
+    impl,
+    kind,
+    width,
+    n_subnet,
+    n_train,
+    n_test,
+    lik,
+    q,
+    backend_name="default",
+    mem_gib=None,
+):
+    _limit_memory(mem_gib)
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -78,7 +134,7 @@ def _run(impl, kind, width, n_subnet, n_train, n_test, lik, q, backend_name="def
 
     model, in_shape = _build(kind, width)
     D = sum(p.numel() for p in model.parameters())
-    X = torch.randn(n_train, *in_shape)
+    X = _inputs(kind, n_train, in_shape)
     y = (
         torch.randint(10, (n_train,))
         if lik == "classification"
@@ -98,7 +154,12 @@ def _run(impl, kind, width, n_subnet, n_train, n_test, lik, q, backend_name="def
 
     def step(name, fn):
         t = time.perf_counter()
-        fn()
+        try:
+            fn()
+        except (RuntimeError, MemoryError, NotImplementedError, ValueError) as e:
+            out["error"] = f"{name[:-2]} failed: {type(e).__name__}: {str(e)[:150]}"
+            q.put(dict(out))
+            raise SystemExit(1) from e
         out[name] = time.perf_counter() - t
         out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         q.put(dict(out))  # partial results survive a later out-of-memory kill
@@ -116,7 +177,7 @@ def _run(impl, kind, width, n_subnet, n_train, n_test, lik, q, backend_name="def
     step(
         "marglik_s", lambda: la.optimize_prior_precision(method="marglik", n_steps=100)
     )
-    Xte = torch.randn(n_test, *in_shape)
+    Xte = _inputs(kind, n_test, in_shape)
     step("predict_s", lambda: la(Xte, pred_type="glm"))
     if impl == "ours":
         out["flop_bound_s"] = _bound(model, dl, 10, n_subnet)
@@ -125,11 +186,20 @@ def _run(impl, kind, width, n_subnet, n_train, n_test, lik, q, backend_name="def
 
 
 def run_capped(
-    impl, kind, width, n_subnet, n_train, n_test, lik, cap_s, backend="default"
+    impl,
+    kind,
+    width,
+    n_subnet,
+    n_train,
+    n_test,
+    lik,
+    cap_s,
+    backend="default",
+    mem_gib=None,
 ):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    args = (impl, kind, width, n_subnet, n_train, n_test, lik, q, backend)
+    args = (impl, kind, width, n_subnet, n_train, n_test, lik, q, backend, mem_gib)
     p = ctx.Process(target=_run, args=args)
     p.start()
     res = {"impl": impl, "model": kind, "width": width, "S": n_subnet, "lik": lik}
@@ -146,7 +216,7 @@ def run_capped(
         p.join()
         res["status"] = f"did not finish in {cap_s:.0f} s"
     elif not res.get("done"):
-        res["status"] = f"killed (exit {p.exitcode}; out of memory)"
+        res["status"] = res.get("error") or f"killed (exit {p.exitcode}; out of memory)"
     else:
         res["status"] = "ok"
     return res
@@ -154,7 +224,13 @@ def run_capped(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
+    ap.add_argument("--model", choices=["mlp", "cnn", "transformer"], default="mlp")
+    ap.add_argument(
+        "--mem-gib",
+        type=float,
+        default=None,
+        help="address-space cap per run (a too-large allocation then raises)",
+    )
     ap.add_argument("--widths", type=int, nargs="+", default=[300, 980])
     ap.add_argument("--n-subnet", type=int, nargs="+", default=[1000])
     ap.add_argument("--likelihoods", nargs="+", default=["classification"])
@@ -185,6 +261,7 @@ def main() -> None:
                         lik,
                         a.cap,
                         a.laplace_backend,
+                        a.mem_gib,
                     )
                     rows.append(r)
                     print(json.dumps(r), flush=True)

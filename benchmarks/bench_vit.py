@@ -1,0 +1,131 @@
+"""ViT-B/16 (torchvision, random init, 86M weights): subnetwork Laplace over the MLP
+blocks of all 12 layers, side by side with laplace-torch 0.3 (aleximmer/Laplace#232).
+
+Each implementation runs in its own process under an address-space cap, so an
+allocation that cannot fit raises (recorded) instead of waking the OOM killer.
+Records fit time, peak RSS above the baseline after imports/model/data, and
+(ours) which tensors took the fast path. Prints a table and writes JSON.
+
+    python benchmarks/bench_vit.py --n 32 --n-subnet 10000 --mem-gib 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import time
+
+from bench_vs_laplace import _limit_memory
+
+
+def _rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _run(impl: str, n: int, n_subnet: int, batch: int, mem_gib, q) -> None:
+    _limit_memory(mem_gib)
+    import torch
+    from laplace import FullSubnetLaplace
+    from torch.utils.data import DataLoader, TensorDataset
+    from torchvision.models import vit_b_16
+
+    from laplace_subnet_ext import DenseSubnetLaplace
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = vit_b_16(num_classes=10).eval()
+    with torch.no_grad():  # the head is zero-initialised: give it weights
+        model.heads.head.weight.normal_(0, 0.02)
+    named = [(k, p) for k, p in model.named_parameters()]
+    D = sum(p.numel() for _, p in named)
+    # positions of the MLP-block tensors in the parameter vector
+    pool, start = [], 0
+    for k, p in named:
+        if ".mlp." in k:
+            pool.append(torch.arange(start, start + p.numel()))
+        start += p.numel()
+    pool = torch.cat(pool)
+    idx = pool[torch.randperm(len(pool))[:n_subnet]].sort().values
+    X, y = torch.randn(n, 3, 224, 224), torch.randint(10, (n,))
+    dl = DataLoader(TensorDataset(X, y), batch_size=batch)
+    out = {
+        "impl": impl,
+        "D": D,
+        "S": n_subnet,
+        "N": n,
+        "batch": batch,
+        "mlp_block_weights": len(pool),
+        "baseline_rss_gb": _rss_gb(),
+    }
+    cls = FullSubnetLaplace if impl == "laplace" else DenseSubnetLaplace
+    la = cls(model, "classification", idx)
+    t = time.perf_counter()
+    try:
+        la.fit(dl)
+    except (RuntimeError, MemoryError, NotImplementedError) as e:
+        out["error"] = f"fit failed: {type(e).__name__}: {str(e)[:160]}"
+        out["peak_rss_gb"] = _rss_gb()
+        out["fit_failed_after_s"] = time.perf_counter() - t
+        q.put(out)
+        return
+    out["fit_s"] = time.perf_counter() - t
+    out["peak_rss_gb"] = _rss_gb()
+    if impl == "ours":
+        fast, slow = la._jacobians.split()
+        out["fast_tensors"] = len(fast)
+        out["generic_tensors"] = len(slow)
+        out["H_gb"] = la.H.numel() * la.H.element_size() / 1e9
+    out["done"] = True
+    q.put(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--n-subnet", type=int, default=10000)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--mem-gib", type=float, default=20.0)
+    ap.add_argument("--cap", type=float, default=1800.0)
+    ap.add_argument("--impls", nargs="+", default=["laplace", "ours"])
+    ap.add_argument("--out", default="benchmarks/results/vit_b_16")
+    a = ap.parse_args()
+    rows = []
+    ctx = mp.get_context("spawn")
+    for impl in a.impls:
+        q = ctx.Queue()
+        p = ctx.Process(
+            target=_run, args=(impl, a.n, a.n_subnet, a.batch, a.mem_gib, q)
+        )
+        p.start()
+        p.join(a.cap)
+        res = q.get() if not q.empty() else {"impl": impl}
+        if p.is_alive():
+            p.kill()
+            p.join()
+            res["status"] = f"did not finish in {a.cap:.0f} s"
+        else:
+            res["status"] = (
+                "ok"
+                if res.get("done")
+                else res.get("error", f"killed (exit {p.exitcode})")
+            )
+        rows.append(res)
+        print(json.dumps(res), flush=True)
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out + ".json", "w") as fh:
+        json.dump({"args": vars(a), "cpu_threads": 2, "rows": rows}, fh, indent=1)
+    print(f"\n{'impl':<8} {'D':>10} {'S':>6} {'fit s':>8} {'peak GB':>8}  status")
+    for r in rows:
+        fit = f"{r['fit_s']:.1f}" if "fit_s" in r else "-"
+        peak = f"{r['peak_rss_gb']:.2f}" if "peak_rss_gb" in r else "-"
+        print(
+            f"{r['impl']:<8} {r.get('D', '-'):>10} {r.get('S', '-'):>6} {fit:>8} "
+            f"{peak:>8}  {r['status']}"
+        )
+
+
+if __name__ == "__main__":
+    main()

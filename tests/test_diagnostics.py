@@ -1,0 +1,146 @@
+"""prior_sweep: every grid value equals a posterior re-fitted at that prior; marks
+equal the tuned prior precisions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+from laplace_subnet_ext import DenseSubnetLaplace
+from laplace_subnet_ext.diagnostics import plot_prior_sweep, prior_sweep
+from tests.cases import assert_close, mlp
+
+GRID = [10.0**k for k in (-2.0, -1.25, -0.5, 0.25, 1.0, 1.75, 2.5, 3.25, 4.0)]
+
+
+def _ece(p, y, n_bins=10):
+    """Plain-loop reference: equal-width bins (lo, hi] of the top-class confidence."""
+    total = 0.0
+    conf, pred = p.max(-1)
+    for b in range(n_bins):
+        lo, hi = b / n_bins, (b + 1) / n_bins
+        members = [i for i in range(len(y)) if lo < conf[i] <= hi]
+        if members:
+            acc = sum(float(pred[i] == y[i]) for i in members) / len(members)
+            avg = sum(float(conf[i]) for i in members) / len(members)
+            total += len(members) / len(y) * abs(avg - acc)
+    return total
+
+
+def _problem(lik: str):
+    torch.manual_seed(5)
+    model = mlp(3, 3, 12).eval()
+    X = torch.randn(60, 3)
+    y = torch.randint(3, (60,)) if lik == "classification" else torch.randn(60, 3)
+    Xv, yv = X[:20] * 1.1, y[:20]
+    Xs = X[20:40] * 3.0  # "shifted": scaled inputs
+    return model, (X, y), (Xv, yv), (Xs, y[20:40])
+
+
+def _fitted(model, train, lik, prior=1.0):
+    la = DenseSubnetLaplace(
+        model,
+        lik,
+        torch.arange(5, 45),
+        prior_precision=prior,
+        prior_rescaling=True,
+        sigma_noise=0.7 if lik == "regression" else 1.0,
+    )
+    la.fit(DataLoader(TensorDataset(*train), batch_size=16))
+    return la
+
+
+def _refit_metrics(model, train, lik, lam, data):
+    """Independent: a new posterior with this prior, laplace's predictive, metrics
+    from torchmetrics / closed forms."""
+    la = _fitted(model, train, lik)
+    la.prior_precision = lam
+    X, y = data
+    if lik == "regression":
+        mean, var = la(X, pred_type="glm")
+        var = var.diagonal(dim1=-2, dim2=-1) + 0.7**2
+        nll = torch.distributions.Normal(mean, var.sqrt()).log_prob(y).sum(-1).mean()
+        return {"nll": -float(nll), "rmse": float((mean - y).pow(2).mean().sqrt())}
+    p = la(X, pred_type="glm", link_approx="probit")
+    tm = float(multiclass_calibration_error(p, y, num_classes=3, n_bins=10))
+    assert math.isclose(tm, _ece(p, y), rel_tol=1e-5)  # torchmetrics (float32)
+    return {
+        "nll": -float(p[torch.arange(len(y)), y].log().mean()),
+        "acc": float((p.argmax(-1) == y).double().mean()),
+        "ece": _ece(p, y),
+        "brier": float((p - torch.eye(3)[y]).pow(2).sum(-1).mean()),
+    }
+
+
+@pytest.mark.parametrize("lik", ["classification", "regression"])
+def test_sweep_equals_refitting_at_every_prior(lik):
+    model, train, val, shifted = _problem(lik)
+    la = _fitted(model, train, lik)
+    before = la.prior_precision.clone()
+    sweep = prior_sweep(la, val, {"shifted": shifted}, prior_precisions=GRID)
+    assert torch.equal(la.prior_precision, before)  # left as it was
+    assert len(sweep.rows) == 2 * len(GRID)
+    for row in sweep.rows:
+        data = val if row["set"] == "val" else shifted
+        ref = _refit_metrics(model, train, lik, row["prior_precision"], data)
+        for k, v in ref.items():
+            assert_close(row[k], v, 1e-8, f"{lik} {row['set']} {k} at {row}")
+        D, S = la.n_params, la.n_params_subnet
+        assert math.isclose(
+            row["full_network_prior_precision"], row["prior_precision"] * D / S
+        )
+
+
+def test_marks_equal_the_tuned_prior_precisions():
+    model, train, val, shifted = _problem("classification")
+    sweep = prior_sweep(
+        _fitted(model, train, "classification"), DataLoader(TensorDataset(*val), 7)
+    )
+    by_marglik = _fitted(model, train, "classification")
+    by_marglik.optimize_prior_precision(method="marglik")
+    assert_close(
+        sweep.marks["marglik"], by_marglik.prior_precision[0], 1e-12, "marglik"
+    )
+    by_grid = _fitted(model, train, "classification")
+    by_grid.optimize_prior_precision(
+        method="gridsearch",
+        val_loader=DataLoader(TensorDataset(*val), batch_size=7),
+        log_prior_prec_min=-2,
+        log_prior_prec_max=4,
+        grid_size=25,
+    )
+    assert_close(sweep.marks["gridsearch"], by_grid.prior_precision[0], 1e-12, "grid")
+    nll = sweep.column("nll", "val")
+    assert min(nll) == sweep.at(sweep.marks["gridsearch"], "val")["nll"]
+
+
+def test_sweep_refuses_non_scalar_priors_and_bad_grids():
+    model, train, val, _ = _problem("classification")
+    la = _fitted(model, train, "classification")
+    with pytest.raises(ValueError, match="prior_precisions must be non-empty"):
+        prior_sweep(la, val, prior_precisions=torch.tensor([1.0, -1.0]))
+    la.prior_precision = torch.ones(len(la._layout.selections))
+    with pytest.raises(ValueError, match="needs a scalar prior precision"):
+        prior_sweep(la, val)
+
+
+def test_plot_draws_every_set_and_mark(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    model, train, val, shifted = _problem("classification")
+    sweep = prior_sweep(
+        _fitted(model, train, "classification"),
+        val,
+        {"shifted": shifted},
+        prior_precisions=GRID,
+    )
+    axes = plot_prior_sweep(sweep)
+    assert len(axes) == 3  # nll, ece, trade-off
+    labels = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    assert labels[:2] == ["val", "shifted"] and any("marglik" in t for t in labels)
+    axes[0].figure.savefig(tmp_path / "sweep.png")

@@ -1,8 +1,8 @@
 """ViT-B/16 (torchvision, random init, 86M weights): subnetwork Laplace over the MLP
 blocks of all 12 layers, side by side with laplace-torch 0.3 (aleximmer/Laplace#232).
 
-Each implementation runs in its own process under an address-space cap, so an
-allocation that cannot fit raises (recorded) instead of waking the OOM killer.
+Each implementation runs in its own process, stopped (and recorded as out of
+memory) when its resident memory passes ``--mem-gib``.
 Records fit time, peak RSS above the baseline after imports/model/data, and
 (ours) which tensors took the fast path. Prints a table and writes JSON.
 
@@ -18,15 +18,14 @@ import os
 import resource
 import time
 
-from bench_vs_laplace import _limit_memory
+from bench_vs_laplace import watch
 
 
 def _rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def _run(impl: str, n: int, n_subnet: int, batch: int, mem_gib, q) -> None:
-    _limit_memory(mem_gib)
+def _run(impl: str, n: int, n_subnet: int, batch: int, q) -> None:
     import torch
     from laplace import FullSubnetLaplace
     from torch.utils.data import DataLoader, TensorDataset
@@ -96,21 +95,17 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     for impl in a.impls:
         q = ctx.Queue()
-        p = ctx.Process(
-            target=_run, args=(impl, a.n, a.n_subnet, a.batch, a.mem_gib, q)
-        )
+        p = ctx.Process(target=_run, args=(impl, a.n, a.n_subnet, a.batch, q))
         p.start()
-        p.join(a.cap)
+        stopped = watch(p, a.cap, a.mem_gib)
         res = q.get() if not q.empty() else {"impl": impl}
-        if p.is_alive():
-            p.kill()
-            p.join()
-            res["status"] = f"did not finish in {a.cap:.0f} s"
+        if stopped:
+            res["status"] = stopped
         else:
             res["status"] = (
                 "ok"
                 if res.get("done")
-                else res.get("error", f"killed (exit {p.exitcode})")
+                else res.get("error", f"failed (exit {p.exitcode})")
             )
         rows.append(res)
         print(json.dumps(res), flush=True)

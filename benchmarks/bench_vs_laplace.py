@@ -85,12 +85,36 @@ def _inputs(kind: str, n: int, in_shape: tuple):
     return torch.randn(n, *in_shape)
 
 
-def _limit_memory(gib: float | None) -> None:
-    """Cap the address space so a too-large allocation raises instead of waking
-    the kernel's OOM killer (which may pick another process)."""
-    if gib:
-        limit = int(gib * 2**30)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+def rss_gib(pid: int) -> float:
+    """Resident memory of a process (GiB), from /proc; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+def watch(p, cap_s: float, mem_gib: float | None, poll=None) -> str | None:
+    """Wait for process ``p`` up to ``cap_s`` seconds, killing it if its resident
+    memory passes ``mem_gib`` (polled every 0.1 s, so the kernel's OOM killer never
+    has to pick a process). Returns why it was stopped, or None."""
+    deadline = time.perf_counter() + cap_s
+    while p.is_alive():
+        if poll is not None:
+            poll()
+        if mem_gib and rss_gib(p.pid) > mem_gib:
+            p.kill()
+            p.join()
+            return f"out of memory: resident memory passed {mem_gib:.0f} GiB"
+        if time.perf_counter() > deadline:
+            p.kill()
+            p.join()
+            return f"did not finish in {cap_s:.0f} s"
+        p.join(0.1)
+    return None
 
 
 def _bound(model, dl, n_out: int, n_subnet: int) -> float:
@@ -120,9 +144,7 @@ def _run(
     lik,
     q,
     backend_name="default",
-    mem_gib=None,
 ):
-    _limit_memory(mem_gib)
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -199,24 +221,23 @@ def run_capped(
 ):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    args = (impl, kind, width, n_subnet, n_train, n_test, lik, q, backend, mem_gib)
+    args = (impl, kind, width, n_subnet, n_train, n_test, lik, q, backend)
     p = ctx.Process(target=_run, args=args)
     p.start()
     res = {"impl": impl, "model": kind, "width": width, "S": n_subnet, "lik": lik}
-    deadline = time.perf_counter() + cap_s
-    while p.is_alive() and time.perf_counter() < deadline:
-        p.join(0.5)
+
+    def drain():
+        nonlocal res
         while not q.empty():
             res = q.get()
+
+    stopped = watch(p, cap_s, mem_gib, drain)
     time.sleep(0.2)
-    while not q.empty():
-        res = q.get()
-    if p.is_alive():
-        p.kill()
-        p.join()
-        res["status"] = f"did not finish in {cap_s:.0f} s"
+    drain()
+    if stopped:
+        res["status"] = stopped
     elif not res.get("done"):
-        res["status"] = res.get("error") or f"killed (exit {p.exitcode}; out of memory)"
+        res["status"] = res.get("error") or f"failed (exit {p.exitcode})"
     else:
         res["status"] = "ok"
     return res
@@ -229,7 +250,8 @@ def main() -> None:
         "--mem-gib",
         type=float,
         default=None,
-        help="address-space cap per run (a too-large allocation then raises)",
+        help="resident-memory limit per run (GiB): a run above it is stopped and "
+        "recorded as out of memory",
     )
     ap.add_argument("--widths", type=int, nargs="+", default=[300, 980])
     ap.add_argument("--n-subnet", type=int, nargs="+", default=[1000])

@@ -217,3 +217,48 @@ def test_size_curve_follows_one_ranking_and_matches_direct_fits():
     la = DenseSubnetLaplace(model, "regression", top20)
     la.fit(dl)
     assert_close(rows[1]["log_marglik"], la.log_marginal_likelihood(), 1e-10, "S=20")
+
+
+@pytest.mark.parametrize(
+    "name, kw",
+    [
+        ("magnitude", {}),
+        ("random", {}),
+        ("wasserstein", {"likelihood": "classification"}),
+        ("structured", {}),
+    ],
+)
+def test_selection_indexes_the_trainable_parameters_of_a_partly_frozen_model(name, kw):
+    """The posterior's vector holds the tensors that require grad (as in every LoRA
+    setup); selection must index that vector, not all parameters."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from laplace_subnet_ext import DenseSubnetLaplace, selection
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)
+    )
+    model[0].requires_grad_(False)  # frozen "backbone": 32 weights
+    D = 8 * 2 + 2
+    loader = DataLoader(
+        TensorDataset(torch.randn(20, 3), torch.randint(2, (20,))), batch_size=10
+    )
+    mask = selection.get(name)(model, 10, **kw)  # a head unit holds 9 weights
+    idx = mask.select(loader)
+    assert idx.max() < D and len(idx) <= 10
+    if name == "magnitude":
+        head = torch.cat([model[2].weight.flatten(), model[2].bias]).abs()
+        assert set(idx.tolist()) == set(head.topk(10).indices.tolist())
+    la = DenseSubnetLaplace(model, "classification", subnetwork_mask=mask)
+    la.fit(loader)
+    assert torch.equal(la.subnetwork_indices, idx.sort().values)
+
+
+def test_naming_a_frozen_tensor_is_refused():
+    from laplace_subnet_ext import selection
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    with pytest.raises(ValueError, match=r"must require grad; frozen: \['0.weight'\]"):
+        selection.get("by_name")(model, parameter_names=["0.weight"])

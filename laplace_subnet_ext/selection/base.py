@@ -7,6 +7,13 @@ expects one, and laplace's masks work wherever ours do.
 ``n_params_subnet`` may be an int, a fraction of D in (0, 1), or ``"auto"`` with
 ``memory_budget=`` (bytes or "4GB"): the largest S whose dense posterior fits.
 ``min_per_layer`` guarantees every parameter tensor a share of S.
+
+Index space: the parameters that require grad, in ``model.parameters()`` order -
+the vector laplace's posteriors (``BaseLaplace.params``) and
+:class:`~laplace_subnet_ext.DenseSubnetLaplace` index. laplace's own
+``SubnetMask`` counts frozen tensors too, so its indices are shifted on a model
+with frozen tensors (e.g. every LoRA adapter); :class:`TrainableSubnetMask`
+fixes that for every strategy here.
 """
 
 from __future__ import annotations
@@ -14,11 +21,37 @@ from __future__ import annotations
 import torch
 from laplace.utils.subnetmask import SubnetMask
 from torch import nn
+from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader
 
 from laplace_subnet_ext.posterior.memory import largest_subnet, parse_bytes
 
-__all__ = ["ScoreSubnetMask", "resolve_n_params_subnet"]
+__all__ = [
+    "ScoreSubnetMask",
+    "TrainableSubnetMask",
+    "resolve_n_params_subnet",
+    "trainable",
+]
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters that require grad: the index space of the posterior."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class TrainableSubnetMask(SubnetMask):
+    """laplace's ``SubnetMask`` over the parameters that require grad (D = their size)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        params = trainable(model)
+        if not params:
+            raise ValueError(
+                "the model has no parameter with requires_grad=True; unfreeze the "
+                "tensors the subnetwork may be chosen from."
+            )
+        self.parameter_vector = parameters_to_vector(params).detach()
+        self._n_params = len(self.parameter_vector)
 
 
 def resolve_n_params_subnet(
@@ -62,7 +95,7 @@ def resolve_n_params_subnet(
     return s
 
 
-class ScoreSubnetMask(SubnetMask):
+class ScoreSubnetMask(TrainableSubnetMask):
     """Keep the S highest-scoring weights; subclasses implement :meth:`compute_param_scores`.
 
     Parameters
@@ -108,7 +141,7 @@ class ScoreSubnetMask(SubnetMask):
         S = self._n_params_subnet
         chosen = torch.zeros(self._n_params, dtype=torch.bool, device=scores.device)
         if self.min_per_layer > 0:
-            sizes = [p.numel() for p in self.model.parameters()]
+            sizes = [p.numel() for p in trainable(self.model)]
             quota = int(self.min_per_layer * S / len(sizes))
             for start, size in zip(
                 torch.tensor([0] + sizes).cumsum(0)[:-1].tolist(), sizes

@@ -12,25 +12,29 @@ over those entries; units are kept by score while they fit in S.
 from __future__ import annotations
 
 import torch
-from laplace.utils.subnetmask import SubnetMask
 from torch import nn
 
-from laplace_subnet_ext.selection.base import resolve_n_params_subnet
+from laplace_subnet_ext.selection.base import (
+    TrainableSubnetMask,
+    resolve_n_params_subnet,
+    trainable,
+)
 from laplace_subnet_ext.selection.registry import get, register
 
 __all__ = ["NameMask", "LastLayerMask", "StructuredMask"]
 
 
 def _offsets(model: nn.Module) -> dict[int, int]:
+    """Start of every trainable tensor in the posterior's parameter vector."""
     out, start = {}, 0
-    for p in model.parameters():
+    for p in trainable(model):
         out[id(p)] = start
         start += p.numel()
     return out
 
 
 @register("by_name")
-class NameMask(SubnetMask):
+class NameMask(TrainableSubnetMask):
     """All weights of the named parameters and/or of the named modules (recursively,
     so parameters owned by non-leaf modules are included)."""
 
@@ -56,7 +60,13 @@ class NameMask(SubnetMask):
             )
         self.chosen = [params[n] for n in parameter_names or []]
         for n in module_names or []:
-            self.chosen += list(modules[n].parameters())
+            self.chosen += [p for p in modules[n].parameters() if p.requires_grad]
+        frozen = [n for n in parameter_names or [] if not params[n].requires_grad]
+        if frozen or not self.chosen:
+            raise ValueError(
+                f"the named tensors must require grad; frozen: {frozen or 'all'}. "
+                "Unfreeze them or name trainable ones."
+            )
 
     def get_subnet_mask(self, train_loader) -> torch.Tensor:
         mask = torch.zeros(self._n_params, dtype=torch.bool, device=self._device)
@@ -83,7 +93,7 @@ class LastLayerMask(NameMask):
 
 
 @register("structured")
-class StructuredMask(SubnetMask):
+class StructuredMask(TrainableSubnetMask):
     """Whole neurons / channels with the largest summed score, up to S weights.
 
     Parameters
@@ -120,6 +130,8 @@ class StructuredMask(SubnetMask):
         for m in self.model.modules():
             if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                 w = m.weight
+                if id(w) not in off or (m.bias is not None and id(m.bias) not in off):
+                    continue  # frozen: not in the posterior's parameter vector
                 per = w[0].numel()
                 for o in range(w.shape[0]):
                     idx = [
@@ -129,7 +141,7 @@ class StructuredMask(SubnetMask):
                         idx.append(torch.tensor([off[id(m.bias)] + o]))
                     units.append(torch.cat(idx))
                 covered |= {id(w)} | ({id(m.bias)} if m.bias is not None else set())
-        for p in self.model.parameters():
+        for p in trainable(self.model):
             if id(p) not in covered:
                 units += list(torch.arange(off[id(p)], off[id(p)] + p.numel()).split(1))
         return units

@@ -88,16 +88,16 @@ def swag_variance(
     weight_decay: float = 3e-4,
     momentum: float = 0.9,
 ) -> torch.Tensor:
-    """``(p,)`` diagonal SWAG variance; ``model`` is left exactly as given."""
+    """``(p,)`` diagonal SWAG variance of the trainable parameters; ``model`` is
+    left exactly as given."""
     work = copy.deepcopy(model)
     work.train()
+    params = [p for p in work.parameters() if p.requires_grad]
     loss_fn = nn.CrossEntropyLoss() if likelihood == "classification" else nn.MSELoss()
-    opt = torch.optim.SGD(
-        work.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
-    )
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     n_batches = len(train_loader)
     every = max(1, n_batches // max(1, n_snapshots_per_epoch))
-    mean = torch.zeros_like(parameters_to_vector(work.parameters()))
+    mean = torch.zeros_like(parameters_to_vector(params))
     m2 = torch.zeros_like(mean)
     count = 0
     for _ in range(n_epochs):
@@ -106,7 +106,7 @@ def swag_variance(
             loss_fn(work(X), y).backward()
             opt.step()
             if (i + 1) % every == 0:
-                theta = parameters_to_vector(work.parameters()).detach()
+                theta = parameters_to_vector(params).detach()
                 count += 1
                 delta = theta - mean
                 mean += delta / count

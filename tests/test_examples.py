@@ -82,7 +82,57 @@ def test_shift_classification_quick(tmp_path):
     assert all(v > 0 and math.isfinite(v) for v in info["prior_precision"].values())
 
 
-@pytest.mark.parametrize("script", ["bench_vs_laplace", "bench_marglik"])
+def test_prior_tradeoff_quick(tmp_path):
+    res = run_example("prior_tradeoff", tmp_path)
+    sweeps = res["sweeps"]
+    assert set(sweeps) == {
+        "diag Laplace",
+        "KFAC Laplace",
+        "last-layer Laplace",
+        "subnet Wasserstein",
+        "subnet random",
+    }
+    wd_prior = res["weight_decay"] * res["n_train"]
+    for name, sw in sweeps.items():
+        assert {"marglik", "gridsearch", "weight decay"} <= set(sw["marks"])
+        assert math.isclose(sw["marks"]["weight decay"], wd_prior)
+        sets = {r["set"] for r in sw["rows"]}
+        assert sets == {"val", "rotation 60", "gaussian noise 3"}
+        val = [r for r in sw["rows"] if r["set"] == "val"]
+        best = min(val, key=lambda r: r["nll"])["prior_precision"]
+        assert math.isclose(sw["marks"]["gridsearch"], best, rel_tol=1e-6)
+        assert all(math.isfinite(r["nll"]) and 0 <= r["ece"] <= 1 for r in sw["rows"])
+        if name.startswith("subnet"):  # the paper's rescaling lambda * S / D
+            rescaled = wd_prior * res["S"] / res["D"]
+            assert math.isclose(
+                sw["marks"]["weight decay x S/D"], rescaled, rel_tol=1e-5
+            )
+
+
+def test_transformer_lora_quick(tmp_path):
+    res = run_example("transformer_lora", tmp_path)
+    summary = res["summary"]
+    methods = {r["method"] for r in summary}
+    D = res["rows"][0]["D"]
+    assert {
+        "MAP",
+        "last-layer Laplace",
+        "KFAC Laplace (adapter)",
+        f"subnet all adapter (S={D})",
+    } <= methods
+    assert any(m.startswith("subnet Wasserstein") for m in methods)
+    assert {r["shift"] for r in summary} == {
+        "clean",
+        "noise 2",
+        "noise 4",
+        "rotation 30",
+        "rotation 60",
+    }
+    for r in summary:
+        assert 0 <= r["acc"] <= 1 and 0 <= r["ece"] <= 1 and math.isfinite(r["nll"])
+
+
+@pytest.mark.parametrize("script", ["bench_vs_laplace", "bench_marglik", "bench_vit"])
 def test_benchmarks_parse_arguments(script):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--help"],

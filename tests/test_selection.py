@@ -262,3 +262,55 @@ def test_naming_a_frozen_tensor_is_refused():
     model[0].requires_grad_(False)
     with pytest.raises(ValueError, match=r"must require grad; frozen: \['0.weight'\]"):
         selection.get("by_name")(model, parameter_names=["0.weight"])
+
+
+@pytest.mark.parametrize("kind", ["ggn", "ef"])
+@pytest.mark.parametrize("lik", ["classification", "regression"])
+def test_blocked_diagonal_equals_backpack(lik, kind):
+    """The memory-bounded fallback (our Jacobians, column blocks) equals laplace's
+    BackPACK diagonal, block boundaries included."""
+    from laplace import DiagLaplace
+    from laplace.curvature import BackPackEF, BackPackGGN
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from laplace_subnet_ext.selection.variance import blocked_diag_curvature
+    from tests.cases import assert_close
+
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)
+    ).eval()
+    X = torch.randn(25, 3)
+    y = torch.randint(3, (25,)) if lik == "classification" else torch.randn(25, 3)
+    loader = DataLoader(TensorDataset(X, y), batch_size=10)
+    ref = DiagLaplace(
+        copy.deepcopy(model),
+        lik,
+        backend=BackPackGGN if kind == "ggn" else BackPackEF,
+    )
+    ref.fit(loader)
+    # 8 bytes * 10 samples * 3 outputs * 5 columns: blocks of 5 of the 52 weights
+    got = blocked_diag_curvature(model, lik, loader, kind, block_bytes=8 * 10 * 3 * 5)
+    assert_close(got, ref.H, 1e-10, f"{lik} {kind} diagonal")
+
+
+def test_wasserstein_on_attention_uses_the_exact_fallback():
+    """BackPACK cannot handle attention; the function-space score still comes from the
+    exact diagonal GGN (here against torch.func over all weights)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from tests.cases import assert_close
+    from tests.test_zoo import full_jacobian
+    from tests.zoo import ZOO, build
+
+    case = next(c for c in ZOO if c.id == "encoder_layer_pre_norm")
+    model, x = build(case)
+    y = torch.randint(3, (len(x),))
+    mask = selection.get("wasserstein")(model, 20, likelihood="classification")
+    mask.select(DataLoader(TensorDataset(x, y), batch_size=len(y)))
+    J, f = full_jacobian(model, x)
+    p = torch.softmax(f, -1)
+    Lam = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    h = torch.einsum("bcp,bck,bkp->p", J, Lam, J)
+    sigma2 = 1.0 / (h + 1.0)  # diagonal Laplace, prior precision 1
+    assert_close(mask.scores, sigma2 * h / len(y), 1e-8, "function-space scores")

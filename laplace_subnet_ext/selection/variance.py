@@ -16,15 +16,21 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Mapping
 
 import torch
 from laplace import DiagLaplace, FullLaplace, KronLaplace
-from laplace.curvature import BackPackEF, BackPackGGN, CurvlinopsEF, CurvlinopsGGN
+from laplace.curvature import BackPackEF, BackPackGGN
 from torch import nn
 from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader
 
-__all__ = ["diag_curvature", "laplace_variance", "swag_variance"]
+__all__ = [
+    "blocked_diag_curvature",
+    "diag_curvature",
+    "laplace_variance",
+    "swag_variance",
+]
 
 
 def diag_curvature(
@@ -33,27 +39,84 @@ def diag_curvature(
     """``(p,)`` diagonal of the GGN (``kind="ggn"``) or empirical Fisher (``"ef"``).
 
     Uses laplace's BackPACK backend (fast, exact diagonal) on a copy of the model,
-    so BackPACK's hooks never touch the caller's model; models BackPACK cannot
-    handle (non-sequential containers, custom modules) fall back to Curvlinops.
+    so BackPACK's hooks never touch the caller's model. Models BackPACK cannot
+    handle (non-sequential containers, attention, Hugging Face models) fall back to
+    :func:`blocked_diag_curvature`, exact and memory-bounded.
     """
-    backends = (
-        (BackPackGGN, CurvlinopsGGN) if kind == "ggn" else (BackPackEF, CurvlinopsEF)
+    backend = BackPackGGN if kind == "ggn" else BackPackEF
+    try:
+        la = DiagLaplace(copy.deepcopy(model), likelihood, backend=backend)
+        with warnings.catch_warnings():
+            # BackPACK's hooks on the copy; harmless, and not the user's model
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            la.fit(train_loader)
+        return la.H.detach()
+    except (NotImplementedError, RuntimeError, TypeError, ValueError, AttributeError):
+        return blocked_diag_curvature(model, likelihood, train_loader, kind)
+
+
+def blocked_diag_curvature(
+    model: nn.Module,
+    likelihood: str,
+    train_loader: DataLoader,
+    kind: str = "ggn",
+    block_bytes: int = 2**28,
+    dict_key_x: str = "input_ids",
+    dict_key_y: str = "labels",
+) -> torch.Tensor:
+    r"""``(p,)`` exact diagonal GGN / EF from this package's subnetwork Jacobians.
+
+    Columns are processed in blocks whose Jacobian ``(b, c, block)`` stays below
+    ``block_bytes``; each block costs one pass over the data. Per batch:
+    :math:`\sum_b \operatorname{diag}(J_b^\top \Lambda_b J_b)` (GGN) or
+    :math:`\text{factor} \sum_b g_b^2` with :math:`g_b = J_b^\top \partial\ell/\partial f_b`
+    (EF), the conventions of laplace's backends (:mod:`...posterior.curvature`).
+    """
+    from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
+    from laplace_subnet_ext.jacobians.batching import batch_size
+    from laplace_subnet_ext.posterior.curvature import output_curvature
+    from laplace_subnet_ext.selection.base import trainable
+
+    curv = output_curvature(
+        BackPackGGN if kind == "ggn" else BackPackEF, {}, likelihood
     )
-    for backend in backends:
-        work = copy.deepcopy(model) if backend in (BackPackGGN, BackPackEF) else model
-        try:
-            la = DiagLaplace(work, likelihood, backend=backend)
-            with warnings.catch_warnings():
-                # BackPACK's hooks on the copy; harmless, and not the user's model
-                warnings.filterwarnings(
-                    "ignore", message="Full backward hook is firing"
-                )
-                la.fit(train_loader)
-            return la.H.detach()
-        except (NotImplementedError, RuntimeError, TypeError, ValueError):
-            if backend is backends[-1]:
-                raise
-    raise AssertionError("unreachable")
+
+    def batches():
+        for data in train_loader:
+            if isinstance(data, Mapping):
+                yield data, data[dict_key_y]
+            else:
+                yield data[0], data[1]
+
+    params = trainable(model)
+    D = sum(p.numel() for p in params)
+    X0, _ = next(iter(batches()))
+    with torch.no_grad():
+        c = model(X0).shape[-1]
+    b = batch_size(X0, dict_key_x)
+    itemsize = params[0].element_size()
+    block = max(1, min(D, block_bytes // (itemsize * b * c)))
+    diag = torch.zeros(D, dtype=params[0].dtype, device=params[0].device)
+    for start in range(0, D, block):
+        idx = torch.arange(start, min(D, start + block), device=diag.device)
+        jac = SubnetJacobians(model, SubnetLayout(model, idx), dict_key_x=dict_key_x)
+        for X, y in batches():
+            Js, f = jac(X)
+            y = y.to(f.device)
+            if kind == "ef":
+                f_ = f.detach().requires_grad_(True)
+                with torch.enable_grad():
+                    (r,) = torch.autograd.grad(curv.lossfunc(f_, y), f_)
+                g = torch.einsum("bcs,bc->bs", Js, r)
+                diag[idx] += curv.factor * g.pow(2).sum(0)
+                continue
+            Lam = curv._get_functional_hessian(f)
+            diag[idx] += (
+                Js.pow(2).sum((0, 1))
+                if Lam is None
+                else torch.einsum("bcs,bck,bks->s", Js, Lam, Js)
+            )
+    return diag
 
 
 def laplace_variance(

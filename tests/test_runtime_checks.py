@@ -199,3 +199,41 @@ def test_half_precision_curvature_dtype_is_refused():
     model, _, _, idx = _mlp_problem()
     with pytest.raises(ValueError, match="curvature_dtype must be torch.float32 or"):
         DenseSubnetLaplace(model, "classification", idx, curvature_dtype=torch.float16)
+
+
+def test_grid_search_never_selects_a_non_finite_score():
+    """argmin over a tensor with NaN returns the NaN's index: a NaN validation loss
+    at one prior must be skipped (with a warning), never selected."""
+    model, X, y, idx = _mlp_problem()
+    la = DenseSubnetLaplace(model, "classification", idx)
+    la.fit(DataLoader(TensorDataset(X, y), batch_size=8))
+    calls = []
+
+    def loss(p, t):  # NaN for the first grid value (the smallest prior)
+        calls.append(1)
+        nll = torch.nn.functional.nll_loss(p.log(), t)
+        return nll * float("nan") if len(calls) == 1 else nll
+
+    val = DataLoader(TensorDataset(X, y), batch_size=16)
+    with pytest.warns(RuntimeWarning, match="not finite for prior precision"):
+        la.optimize_prior_precision(
+            method="gridsearch", val_loader=val, loss=loss, grid_size=5
+        )
+    assert float(la.prior_precision) != 1e-4
+    with pytest.raises(FloatingPointError, match="not finite for any prior"):
+        la.optimize_prior_precision(
+            method="gridsearch",
+            val_loader=val,
+            loss=lambda p, t: torch.tensor(float("nan")),
+            grid_size=3,
+        )
+
+
+def test_non_finite_predictive_raises_instead_of_returning_nan():
+    model, X, y, idx = _mlp_problem()
+    la = DenseSubnetLaplace(model, "classification", idx)
+    la.fit(DataLoader(TensorDataset(X, y), batch_size=8))
+    X_bad = X[:4].clone()
+    X_bad[2, 1] = float("nan")
+    with pytest.raises(FloatingPointError, match="GLM predictive is not finite"):
+        la(X_bad, pred_type="glm", link_approx="probit")

@@ -49,5 +49,14 @@ class BlockedPredictiveMixin:
                 f_vars.append(fv.diagonal(dim1=-2, dim2=-1) if diagonal_output else fv)
         f_mu = torch.cat(f_mus)
         if joint:
-            return f_mu.flatten(), self.functional_covariance(torch.cat(Jss))
-        return f_mu, torch.cat(f_vars)
+            out = f_mu.flatten(), self.functional_covariance(torch.cat(Jss))
+        else:
+            out = f_mu, torch.cat(f_vars)
+        if not (torch.isfinite(out[0]).all() and torch.isfinite(out[1]).all()):
+            raise FloatingPointError(
+                "the GLM predictive is not finite (prior precision "
+                f"{self.prior_precision.flatten()[:3].tolist()}, curvature "
+                f"{self.H.dtype}, S={self.n_params_subnet}); check the inputs, or "
+                "pass curvature_dtype=torch.float64 / a larger prior precision."
+            )
+        return out

@@ -96,7 +96,8 @@ class PriorTuningMixin:
         """laplace's grid search, with a stateful ``torchmetrics`` loss reset
         before every grid value. laplace 0.3 never resets it, so each value is
         scored by the running mean over all values tried so far, which favours
-        the last value of an ascending grid."""
+        the last value of an ascending grid. A non-finite score is skipped with a
+        warning (laplace's ``argmin`` would select a NaN)."""
         results = []
         for value in tqdm.tqdm(interval, disable=not progress_bar):
             self.prior_precision = value
@@ -112,10 +113,26 @@ class PriorTuningMixin:
                     n_samples=n_samples,
                     dict_key_y=self.dict_key_y,
                 )
-            except torch.linalg.LinAlgError:
+            except (torch.linalg.LinAlgError, FloatingPointError):
                 result = float("inf")
-            results.append(result)
-        return interval[int(torch.tensor(results).argmin())]
+            results.append(float(result))
+        scores = torch.tensor(results, dtype=torch.float64)
+        bad = ~torch.isfinite(scores)
+        if bool(bad.all()):
+            raise FloatingPointError(
+                "prior grid search: the validation loss is not finite for any prior "
+                f"precision in {interval.flatten().tolist()}; check val_loader and "
+                "the loss."
+            )
+        if bool(bad.any()):
+            warnings.warn(
+                "prior grid search: the validation loss is not finite for prior "
+                f"precision(s) {interval.flatten()[bad].tolist()}; they are skipped "
+                "(argmin over NaN would pick them).",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return interval[int(scores.masked_fill(bad, float("inf")).argmin())]
 
     def optimize_prior_and_noise(
         self, n_steps: int = 100, lr: float = 1e-1, tune_sigma_noise: bool = True

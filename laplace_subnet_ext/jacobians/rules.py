@@ -76,6 +76,11 @@ class Use:
     module: nn.Module | None = field(default=None)
 
 
+def _bias_use(bias, z, inputs, n, gradient) -> Use:
+    """A use whose input factor is ones (a bias): :math:`\sum_t g_{st}`."""
+    return Use(bias, z, inputs, n, lambda local: None, gradient)
+
+
 def _batch_first(a: torch.Tensor, n: int) -> torch.Tensor:
     """``(..., i)`` with samples leading -> ``(n, t, i)``."""
     return a.reshape(n, -1, a.shape[-1])
@@ -111,12 +116,11 @@ def linear_uses(
         )
     if bias is not None:
         uses.append(
-            Use(
+            _bias_use(
                 bias,
                 z,
                 (a,),
                 n,
-                lambda local: None,
                 lambda dz, local: rows(dz)[:, :, local].transpose(1, 2),
             )
         )
@@ -186,12 +190,11 @@ class Conv2dRule(Rule):
         ]
         if m.bias is not None:
             out.append(
-                Use(
+                _bias_use(
                     m.bias,
                     output,
                     (a,),
                     n,
-                    lambda local: None,
                     lambda dz, local: _channels(dz)[:, local, :],
                 )
             )
@@ -252,14 +255,7 @@ def _affine_uses(m, a, output, n, xhat, rows, by_channel: bool) -> list[Use]:
         )
     if m.bias is not None:
         out.append(
-            Use(
-                m.bias,
-                output,
-                (a,),
-                n,
-                lambda local: None,
-                lambda dz, local: pick(rows(dz), local),
-            )
+            _bias_use(m.bias, output, (a,), n, lambda dz, local: pick(rows(dz), local))
         )
     return out
 

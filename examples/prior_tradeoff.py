@@ -29,9 +29,15 @@ import os
 
 import torch
 from laplace import Laplace
-from laplace.curvature import AsdlGGN
 from laplace.lllaplace import LLLaplace
-from shift_classification import CNN, corrupt, metrics, rotate, train
+from shift_classification import (
+    CNN,
+    LAPLACE_BASELINES,
+    corrupt,
+    metrics,
+    rotate,
+    train,
+)
 from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -137,20 +143,7 @@ def main() -> None:
     wd_prior = WD * ntr  # Adam's L2 term on the mean loss, as a prior on the sum
 
     sweeps = {}
-    for name, kw in [
-        (
-            "diag Laplace",
-            dict(subset_of_weights="all", hessian_structure="diag", backend=AsdlGGN),
-        ),
-        (
-            "KFAC Laplace",
-            dict(subset_of_weights="all", hessian_structure="kron", backend=AsdlGGN),
-        ),
-        (
-            "last-layer Laplace",
-            dict(subset_of_weights="last_layer", hessian_structure="full"),
-        ),
-    ]:
+    for name, kw in LAPLACE_BASELINES:
         la = Laplace(model, "classification", **kw)
         la.fit(fit_loader)
         sweeps[name] = laplace_sweep(la, sets, grid)

@@ -40,6 +40,21 @@ import laplace_subnet_ext  # noqa: F401  (registers the plugin)
 from laplace_subnet_ext import selection
 
 ANGLES = [0, 15, 30, 45, 60, 90, 120, 150, 180]
+#: laplace-torch's own posteriors in the study: name -> ``laplace.Laplace`` arguments
+LAPLACE_BASELINES = [
+    (
+        "diag Laplace",
+        dict(subset_of_weights="all", hessian_structure="diag", backend=AsdlGGN),
+    ),
+    (
+        "KFAC Laplace",
+        dict(subset_of_weights="all", hessian_structure="kron", backend=AsdlGGN),
+    ),
+    (
+        "last-layer Laplace",
+        dict(subset_of_weights="last_layer", hessian_structure="full"),
+    ),
+]
 CORRUPTIONS = ["gaussian_noise", "blur", "contrast", "pixelate", "salt_pepper"]
 
 
@@ -231,20 +246,7 @@ def run_seed(seed: int, quick: bool, prior: str = "marglik") -> list[dict]:
     with torch.no_grad():
         preds["MAP"] = lambda x: F.softmax(model(x), -1)
     preds["MC dropout"] = mc_dropout_predictor(model, 16)
-    for name, kw in [
-        (
-            "diag Laplace",
-            dict(subset_of_weights="all", hessian_structure="diag", backend=AsdlGGN),
-        ),
-        (
-            "KFAC Laplace",
-            dict(subset_of_weights="all", hessian_structure="kron", backend=AsdlGGN),
-        ),
-        (
-            "last-layer Laplace",
-            dict(subset_of_weights="last_layer", hessian_structure="full"),
-        ),
-    ]:
+    for name, kw in LAPLACE_BASELINES:
         la = Laplace(model, "classification", **kw)
         la.fit(fit_loader)
         preds[name], priors[name] = laplace_predictor(la, va, prior)

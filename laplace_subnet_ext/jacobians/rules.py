@@ -36,7 +36,7 @@ Coverage (``forward`` not overridden by a subclass):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +73,6 @@ class Use:
     n: int
     factor: Callable[[torch.Tensor], torch.Tensor | None]
     gradient: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    module: nn.Module | None = field(default=None)
 
 
 def _bias_use(bias, z, inputs, n, gradient) -> Use:

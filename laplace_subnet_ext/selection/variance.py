@@ -70,7 +70,7 @@ def blocked_diag_curvature(
     ``block_bytes``; each block costs one pass over the data. Per batch:
     :math:`\sum_b \operatorname{diag}(J_b^\top \Lambda_b J_b)` (GGN) or
     :math:`\text{factor} \sum_b g_b^2` with :math:`g_b = J_b^\top \partial\ell/\partial f_b`
-    (EF), the conventions of laplace's backends (:mod:`...posterior.curvature`).
+    (EF), the conventions of laplace's backends (:mod:`laplace_subnet_ext.posterior.curvature`).
     """
     from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
     from laplace_subnet_ext.jacobians.batching import batch_size

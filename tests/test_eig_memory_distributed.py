@@ -220,3 +220,76 @@ def test_not_positive_definite_layerwise_prior_floors_at_smallest_prior():
         cov = la.posterior_covariance
     assert_close(cov, V @ torch.diag(1 / e) @ V.T, what="covariance")
     assert torch.isfinite(la.log_marginal_likelihood())
+
+
+def _mkl_nan_matrix() -> torch.Tensor:
+    """A float32 GGN (S = 300, 82 zero rows) from the prior trade-off example on
+    which MKL's ``ssyevd`` returned 2 NaN eigenvalues without an error."""
+    d = torch.load(
+        os.path.join(os.path.dirname(__file__), "data", "mkl_nan_eigvalsh.pt")
+    )
+    H = torch.zeros(d["size"], d["size"], dtype=d["block"].dtype)
+    i = d["index"].long()
+    H[i[:, None], i] = d["block"]
+    return H
+
+
+def test_eigendecomposition_of_a_lapack_nan_case_is_finite_and_right():
+    """Regression: the marginal likelihood tuning of this curvature diverged to a
+    NaN prior precision in CI. Compared with float64 eigh at float32 accuracy."""
+    H = _mkl_nan_matrix()
+    ref = torch.linalg.eigvalsh(H.double()).clamp_min(0)
+    g = linalg.psd_eigvalsh(H)
+    e, V = linalg.psd_eigh(H)
+    scale = float(ref.max())
+    assert torch.isfinite(g).all() and torch.isfinite(e).all()
+    assert (g.double() - ref).abs().max() <= 1e-5 * scale
+    assert (e.double() - ref).abs().max() <= 1e-5 * scale
+    assert ((V * e) @ V.T - H).abs().max() <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("failure", ["nan", "raise", "garbage"])
+def test_failed_lapack_eigendecomposition_is_retried_in_float64(monkeypatch, failure):
+    """A float32 LAPACK call that raises, returns NaN, or returns eigenvalues
+    inconsistent with the matrix is redone in float64; the marginal likelihood
+    and its prior tuning then match a float64 posterior."""
+    torch.manual_seed(0)
+    la = DenseSubnetLaplace(mlp(), "classification", torch.randperm(74)[:40])
+    la.fit(loader("classification"))
+    la.H = la.H.float()
+    ref = torch.linalg.eigvalsh(la.H.double()).clamp_min(0)
+    real = {"eigh": torch.linalg.eigh, "eigvalsh": torch.linalg.eigvalsh}
+
+    def broken(name):
+        def fn(A):
+            if A.dtype != torch.float32:
+                return real[name](A)
+            if failure == "raise":
+                raise torch.linalg.LinAlgError("planted failure")
+            out = real[name](A)
+            e = out[0] if name == "eigh" else out
+            e = e.clone()
+            e[0] = float("nan") if failure == "nan" else e[0] + e.abs().max()
+            return (e, out[1]) if name == "eigh" else e
+
+        return fn
+
+    monkeypatch.setattr(torch.linalg, "eigh", broken("eigh"))
+    monkeypatch.setattr(torch.linalg, "eigvalsh", broken("eigvalsh"))
+    g = linalg.psd_eigvalsh(la.H)
+    e, _ = linalg.psd_eigh(la.H)
+    assert_close(g, ref, rtol=1e-5, what="eigvalsh")
+    assert_close(e, ref, rtol=1e-5, what="eigh")
+    la.optimize_prior_precision(method="marglik")
+    assert torch.isfinite(la.prior_precision).all()
+
+
+def test_float64_eigendecomposition_failure_is_an_error(monkeypatch):
+    H = torch.eye(4, dtype=torch.float64)
+    monkeypatch.setattr(
+        torch.linalg,
+        "eigvalsh",
+        lambda A: torch.full((4,), float("nan"), dtype=A.dtype),
+    )
+    with pytest.raises(torch.linalg.LinAlgError, match="4x4 float64 curvature"):
+        linalg.psd_eigvalsh(H)

@@ -13,7 +13,11 @@ scalar prior :math:`\lambda`, the posterior precision is
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+from laplace_subnet_ext.posterior.memory import available_bytes
 
 __all__ = [
     "check_finite",
@@ -61,23 +65,72 @@ def psd_eigh(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _eigh(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.linalg.eigh`` (reads the lower triangle only: no symmetrised copy),
-    retried in float64 and cast back if LAPACK fails to converge: its
-    divide-and-conquer can fail on float32 GGNs with many zero eigenvalues."""
-    try:
-        return torch.linalg.eigh(A)
-    except torch.linalg.LinAlgError:
-        e, V = torch.linalg.eigh(A.double())
-        return e.to(A.dtype), V.to(A.dtype)
+    validated and, if LAPACK fails, retried in float64 (see :func:`_checked_eig`)."""
+    return _checked_eig(A, vectors=True)
 
 
 def psd_eigvalsh(H: torch.Tensor) -> torch.Tensor:
     """``(s,)`` eigenvalues of a symmetric PSD matrix, clipped at 0 (no eigenvectors)."""
     check_finite(H)
+    return _checked_eig(H, vectors=False).clamp_min(0.0)
+
+
+def _plausible(A: torch.Tensor, e: torch.Tensor) -> bool:
+    r"""Cheap O(S^2) check of eigenvalues ``e`` of symmetric ``A``: finite, and
+    :math:`\sum_i e_i^2 = \|A\|_F^2` to a loose, dtype-aware tolerance (catches
+    garbage, not round-off; ``vector_norm`` reduces without a copy of ``A``)."""
+    if not bool(torch.isfinite(e).all()):
+        return False
+    fro2 = float(torch.linalg.vector_norm(A, dtype=torch.float64)) ** 2
+    tol = max(1e-6, 16 * A.shape[-1] * torch.finfo(A.dtype).eps)
+    return abs(float(e.double().square().sum()) - fro2) <= tol * max(fro2, 1e-300)
+
+
+def _checked_eig(A: torch.Tensor, vectors: bool) -> Any:
+    """``eigh`` (``vectors``) or ``eigvalsh`` of ``A``, validated by
+    :func:`_plausible`; on a LAPACK error or an implausible result, retried in
+    float64 and cast back.
+
+    Why: LAPACK's divide-and-conquer can fail to converge on float32 GGNs with
+    many zero eigenvalues, and MKL's float32 ``ssyevd`` has been seen to return
+    NaN eigenvalues *without* an error on a finite 300 x 300 GGN with 82 zero
+    rows (``tests/data/mkl_nan_eigvalsh.pt``). The float64 retry needs about
+    five S x S float64 matrices; if they do not fit in free memory a
+    ``LinAlgError`` says so instead of allocating.
+    """
+    fn = torch.linalg.eigh if vectors else torch.linalg.eigvalsh
     try:
-        g = torch.linalg.eigvalsh(H)
-    except torch.linalg.LinAlgError:
-        g = torch.linalg.eigvalsh(H.double()).to(H.dtype)
-    return g.clamp_min(0.0)
+        out = fn(A)
+        if _plausible(A, out[0] if vectors else out):
+            return out
+        problem = "returned non-finite or inconsistent eigenvalues"
+    except torch.linalg.LinAlgError as err:
+        problem = f"failed ({err})"
+    if A.dtype == torch.float64:
+        raise torch.linalg.LinAlgError(
+            f"eigendecomposition of the {A.shape[0]}x{A.shape[0]} float64 curvature "
+            f"{problem}. Check the curvature for extreme values."
+        )
+    need = 6 * A.shape[0] ** 2 * 8
+    free = available_bytes(A.device)
+    if need > free:
+        raise torch.linalg.LinAlgError(
+            f"eigendecomposition of the {A.shape[0]}x{A.shape[0]} {A.dtype} "
+            f"curvature {problem}, and the float64 retry needs about "
+            f"{need / 1e9:.2f} GB but {free / 1e9:.2f} GB is free on {A.device}. "
+            "Fit with curvature_dtype=torch.float64 or select fewer weights."
+        )
+    A64 = A.double()
+    out = fn(A64)
+    if not _plausible(A64, out[0] if vectors else out):
+        raise torch.linalg.LinAlgError(
+            f"eigendecomposition of the {A.shape[0]}x{A.shape[0]} curvature "
+            f"{problem}, also in float64. Check the curvature for extreme values."
+        )
+    del A64
+    if vectors:
+        return out[0].to(A.dtype), out[1].to(A.dtype)
+    return out.to(A.dtype)
 
 
 def eig_logdet(

@@ -122,7 +122,7 @@ def test_curvature_fits_but_factorisation_does_not():
     with pytest.raises(ValueError, match=rf"largest subnetwork that fits is S={s_fit}"):
         la.log_marginal_likelihood()
     la.prior_precision = torch.ones(300)  # Cholesky path is checked too
-    with pytest.raises(ValueError, match="factorisation"):
+    with pytest.raises(ValueError, match="Cholesky factor"):
         _ = la.posterior_covariance
 
 
@@ -216,8 +216,7 @@ def test_not_positive_definite_layerwise_prior_floors_at_smallest_prior():
     with pytest.warns(RuntimeWarning, match="eigenvalues >= min prior"):
         logdet = la.log_det_posterior_precision
     assert_close(logdet, e.log().sum(), what="log det")
-    with pytest.warns(RuntimeWarning, match="not numerically positive definite"):
-        cov = la.posterior_covariance
+    cov = la.posterior_covariance  # the fallback factor is cached: no new warning
     assert_close(cov, V @ torch.diag(1 / e) @ V.T, what="covariance")
     assert torch.isfinite(la.log_marginal_likelihood())
 

@@ -40,7 +40,7 @@ def test_registry_refuses_duplicates_and_lists_names():
 
 @pytest.mark.parametrize(
     "spec, expected",
-    [(10, 10), (0.5, 37), (10.0, 10), ("auto", math.isqrt(4_000_000 // (6 * 8)))],
+    [(10, 10), (0.5, 37), (10.0, 10), ("auto", math.isqrt(4_000_000 // (2 * 8)))],
 )
 def test_n_params_subnet_forms(spec, expected):
     budget = "4MB" if spec == "auto" else None

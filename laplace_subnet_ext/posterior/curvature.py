@@ -19,7 +19,7 @@ import torch
 from laplace.curvature import EFInterface, GGNInterface
 from torch import nn
 
-__all__ = ["output_curvature", "batch_curvature"]
+__all__ = ["output_curvature", "add_batch_curvature"]
 
 
 def output_curvature(
@@ -38,14 +38,19 @@ def output_curvature(
     return GGNInterface(nn.Identity(), likelihood, **kwargs)
 
 
-def batch_curvature(
+def add_batch_curvature(
     curv: GGNInterface | EFInterface,
     Js: torch.Tensor,
     f: torch.Tensor,
     y: torch.Tensor,
-    dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss and ``(s, t)`` curvature of a batch.
+    H: torch.Tensor,
+) -> torch.Tensor:
+    """Add a batch's curvature into ``H`` in place; return its loss.
+
+    One ``addmm_`` of the ``(b c, s)`` factors: no S x S temporary. Nothing is
+    added (and ``FloatingPointError`` is raised) if the loss, a factor or the sum
+    is not finite, so ``H`` stays as it was; only when a bound on the entries
+    cannot exclude overflow is the sum formed in a temporary first.
 
     Parameters
     ----------
@@ -55,25 +60,42 @@ def batch_curvature(
         ``(b, c)`` outputs.
     y : torch.Tensor
         Targets.
-    dtype : torch.dtype
-        dtype of the returned curvature.
+    H : torch.Tensor
+        ``(s, t)`` curvature accumulated so far, in its dtype.
     """
-    loss = curv.factor * curv.lossfunc(f, y)
+    dtype = H.dtype
+    loss = (curv.factor * curv.lossfunc(f, y)).detach()
     Js = Js.to(dtype)
     S = Js.shape[-1]
     if isinstance(curv, EFInterface):
         f_ = f.detach().requires_grad_(True)
         with torch.enable_grad():
             (r,) = torch.autograd.grad(curv.lossfunc(f_, y), f_)
-        G = torch.einsum("bcs,bc->bs", Js, r.to(dtype))
-        return loss.detach(), curv.factor * (G.T @ G)
-    Lam = (
-        curv._get_mc_functional_fisher(f)
-        if curv.stochastic
-        else curv._get_functional_hessian(f)
-    )
-    flat = Js.reshape(-1, S)
-    if Lam is None:  # regression: exact GGN with identity output Hessian
-        return loss.detach(), flat.T @ flat
-    LJ = torch.einsum("bck,bks->bcs", Lam.to(dtype), Js).reshape(-1, S)
-    return loss.detach(), flat.T @ LJ
+        A = torch.einsum("bcs,bc->bs", Js, r.to(dtype))
+        B, alpha = A, float(curv.factor)
+    else:
+        Lam = (
+            curv._get_mc_functional_fisher(f)
+            if curv.stochastic
+            else curv._get_functional_hessian(f)
+        )
+        A = Js.reshape(-1, S)
+        if Lam is None:  # regression: exact GGN with identity output Hessian
+            B = A
+        else:
+            B = torch.einsum("bck,bks->bcs", Lam.to(dtype), Js).reshape(-1, S)
+        alpha = 1.0
+    for name, t in (("loss (model outputs or targets)", loss), ("curvature", B)):
+        if not bool(torch.isfinite(t).all()):
+            raise FloatingPointError(name)
+    if not bool(torch.isfinite(A).all()):
+        raise FloatingPointError("curvature")
+    bound = float(A.abs().amax()) * float(B.abs().amax()) * A.shape[0] * abs(alpha)
+    if bound + float(H.abs().amax()) < torch.finfo(dtype).max / 4:
+        H.addmm_(A.T, B, alpha=alpha)  # cannot overflow: no S x S temporary
+        return loss
+    H_b = torch.addmm(H, A.T, B, alpha=alpha)  # may overflow: check before keeping
+    if not bool(torch.isfinite(H_b).all()):
+        raise FloatingPointError("curvature")
+    H.copy_(H_b)
+    return loss

@@ -27,7 +27,10 @@ from torch.utils.data import DataLoader
 
 from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
 from laplace_subnet_ext.jacobians.batching import to_device
-from laplace_subnet_ext.posterior.curvature import batch_curvature, output_curvature
+from laplace_subnet_ext.posterior.curvature import (
+    add_batch_curvature,
+    output_curvature,
+)
 from laplace_subnet_ext.posterior.factorisation import FactorisationMixin
 from laplace_subnet_ext.posterior.indices import normalize_subnetwork_indices
 from laplace_subnet_ext.posterior.memory import (
@@ -115,8 +118,17 @@ class DenseSubnetLaplace(
         dtype of the S x S curvature and its factorisation, float32 or float64
         (e.g. float64 for a float32 model). Default: the model's dtype; float32
         for bfloat16 / float16 models, whose Jacobians stay in the model's dtype.
+    marglik_method : {"auto", "exact", "slq"}, default="auto"
+        Scalar-prior marginal likelihood. ``"exact"``: eigenvalues of H
+        (``eigvalsh``, O(S^3) once, then O(S) per prior value; laplace's Adam
+        loop tunes it). ``"slq"``: the log evidence from the Cholesky factor
+        (exact), and prior tuning by stochastic Lanczos quadrature plus an exact
+        Newton correction (:mod:`laplace_subnet_ext.prior.large_s`), for large S.
+        ``"auto"``: ``"exact"`` up to S = 10,000, logged on the
+        ``laplace_subnet_ext`` logger.
     memory_budget : int or str, optional
-        Bytes (or "4GB") allowed for the dense posterior; default: free memory.
+        Bytes (or "4GB") allowed for the dense posterior (plan: H plus one
+        factor, two S x S matrices); default: free memory.
     predictive_block_bytes : int, default=256 MiB
         Upper bound of one Jacobian block in the predictive; inputs are split.
 
@@ -153,6 +165,7 @@ class DenseSubnetLaplace(
         jacobian_method: str = "auto",
         verify_jacobians: bool = True,
         curvature_dtype: torch.dtype | None = None,
+        marglik_method: str = "auto",
         memory_budget: int | str | None = None,
         predictive_block_bytes: int = 2**28,
     ) -> None:
@@ -191,6 +204,13 @@ class DenseSubnetLaplace(
                 f"{curvature_dtype}. torch.linalg cannot factorise half-precision "
                 "matrices; leave it None (float32 for bfloat16/float16 models)."
             )
+        if marglik_method not in ("auto", "exact", "slq"):
+            raise ValueError(
+                "marglik_method must be 'auto', 'exact' or 'slq'; got "
+                f"{marglik_method!r}."
+            )
+        self.marglik_method = marglik_method
+        self.marglik_tuning_info: dict[str, Any] | None = None
         self.jacobian_method = jacobian_method
         self.verify_jacobians = bool(verify_jacobians)
         self.curvature_dtype = curvature_dtype
@@ -347,10 +367,16 @@ class DenseSubnetLaplace(
             else:
                 X, y = data
                 X = to_device(X, self._device)
-            loss_b, H_b = self._curv_closure(X, y.to(self._device), N)
-            _check_finite(i, loss_b, H_b)
+            try:
+                loss_b = self._curv_closure(X, y.to(self._device), N)
+            except FloatingPointError as err:
+                raise ValueError(
+                    f"train_loader batch {i} (0-based) gives a non-finite {err}; "
+                    "nothing of it was added. Check that batch's inputs and targets, "
+                    "and the model's dtype (float16 overflows above 65504; fit a "
+                    "float32 copy)."
+                ) from None
             loss = loss + loss_b
-            self.H += H_b
         n_data = torch.tensor(N, device=self._device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             for t in (self.H, loss, n_data):
@@ -358,34 +384,18 @@ class DenseSubnetLaplace(
         self.loss = self.loss + loss
         self.n_data += int(n_data)
 
-    def _curv_closure(self, X, y, N) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""Loss and curvature of one batch: :math:`\sum_b J_S^\top \Lambda J_S` or EF."""
+    def _curv_closure(self, X, y, N) -> torch.Tensor:
+        r"""Add one batch's :math:`\sum_b J_S^\top \Lambda J_S` (or EF) into ``H`` in
+        place; return its loss."""
         Js, f = self._jacobians(X)
         self.n_outputs = f.shape[-1]
         if self.likelihood == "regression" and y.ndim != f.ndim:
             raise ValueError(
                 f"The model's output has {f.ndim} dims but the target has {y.ndim} dims."
             )
-        return batch_curvature(self.output_curvature, Js, f, y, self._cdtype)
+        return add_batch_curvature(self.output_curvature, Js, f, y, self.H)
 
     # ------------------------------------------------------------------- posterior
     def _check_H_init(self) -> None:
         if getattr(self, "H", None) is None:
             raise NotFittedError("Laplace not fitted. Run fit() first.")
-
-
-def _check_finite(batch: int, loss: torch.Tensor, H: torch.Tensor) -> None:
-    """Fail fast on a batch whose loss (hence outputs) or curvature is not finite."""
-    bad = (
-        "loss (model outputs or targets)"
-        if not torch.isfinite(loss).all()
-        else "curvature"
-        if not torch.isfinite(H).all()
-        else None
-    )
-    if bad is not None:
-        raise ValueError(
-            f"train_loader batch {batch} (0-based) gives a non-finite {bad}; "
-            "nothing of it was added. Check that batch's inputs and targets, and "
-            "the model's dtype (float16 overflows above 65504; fit a float32 copy)."
-        )

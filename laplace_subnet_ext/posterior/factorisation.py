@@ -13,7 +13,9 @@ factorisation is preceded by a memory check.
 
 from __future__ import annotations
 
+import logging
 import warnings
+from dataclasses import dataclass
 from math import log, pi
 
 import torch
@@ -21,11 +23,62 @@ import torch
 from laplace_subnet_ext.posterior import linalg
 from laplace_subnet_ext.posterior.memory import (
     CURVATURE_MATRICES,
+    EIGH_MATRICES,
+    EIGVALSH_MATRICES,
     FACTOR_MATRICES,
     check_dense_fits,
 )
 
-__all__ = ["FactorisationMixin"]
+__all__ = ["FactorisationMixin", "EXACT_MARGLIK_MAX_S"]
+
+logger = logging.getLogger("laplace_subnet_ext")
+
+#: largest S whose scalar-prior marginal likelihood uses exact eigenvalues under
+#: ``marglik_method="auto"`` (``eigvalsh`` is O(S^3) and memory-bound: about a
+#: minute at S = 10,000 on 2 cores, hours at 40,000)
+EXACT_MARGLIK_MAX_S = 10_000
+
+
+def _info() -> torch.Tensor:
+    return torch.empty((), dtype=torch.int32)
+
+
+@dataclass
+class _Factor:
+    """The S x S buffer beside H: what it holds and for which curvature / noise."""
+
+    kind: str  # "prec_chol" | "cov" | "cov_sqrt"
+    buf: torch.Tensor
+    key: tuple
+    fallback: bool = False  # eigen fallback of a non-PD precision: buf is any C
+
+
+class _CholeskyLogDet(torch.autograd.Function):
+    r""":math:`\log\det(hH + \operatorname{diag}(p))` from the in-place factor.
+
+    Backward needs :math:`\operatorname{diag}(\Sigma)`: the factor is inverted in
+    place (``potri``), so forward + backward hold H and one buffer only.
+    """
+
+    @staticmethod
+    def forward(ctx, prior_diag, h, owner):  # noqa: D102
+        f = owner._current_factor()
+        ctx.owner = owner
+        ctx.save_for_backward(prior_diag, torch.as_tensor(h))
+        if f.fallback:  # C = V e^{-1/2}: log det P = -2 log|det C|
+            return (-2 * torch.linalg.slogdet(f.buf)[1]).to(prior_diag.dtype)
+        L = owner._factor("prec_chol")
+        out = 2 * L.diagonal().log().sum(dtype=torch.float64)
+        return out.to(prior_diag.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        prior_diag, h = ctx.saved_tensors
+        d = ctx.owner._factor("cov").diagonal().to(prior_diag.dtype)
+        S = d.numel()
+        g_prior = grad * d
+        g_h = grad * (S - (d * prior_diag).sum()) / h
+        return g_prior, g_h.to(h.dtype), None
 
 
 class FactorisationMixin:
@@ -67,30 +120,39 @@ class FactorisationMixin:
         if self._eig_cache is not None and self._eig_cache[0] == key:
             return self._eig_cache[1]
         if self._eigvals_cache is None or self._eigvals_cache[0] != key:
-            self._check_factor_fits()
+            self._check_factor_fits(extra=EIGVALSH_MATRICES)
             self._eigvals_cache = (key, linalg.psd_eigvalsh(self.H.detach()))
         return self._eigvals_cache[1]
 
-    def _check_factor_fits(self) -> None:
-        """Before an eigendecomposition / Cholesky: refuse if it cannot fit."""
-        itemsize = self.H.element_size()
-        if self.memory_budget is not None:
-            check_dense_fits(
-                self.n_params_subnet,
-                itemsize,
-                self._device,
-                self.memory_budget,
-                matrices=CURVATURE_MATRICES + FACTOR_MATRICES,
-                purpose="the curvature and its factorisation",
-            )
-        else:
-            check_dense_fits(
-                self.n_params_subnet,
-                itemsize,
-                self._device,
-                matrices=FACTOR_MATRICES,
-                purpose="factorising the posterior",
-            )
+    def _check_factor_fits(self, extra: int = EIGH_MATRICES) -> None:
+        """Before an eigendecomposition: refuse if H and ``extra`` more S x S
+        matrices cannot fit (budget or free memory)."""
+        check_dense_fits(
+            self.n_params_subnet,
+            self.H.element_size(),
+            self._device,
+            self.memory_budget,
+            matrices=CURVATURE_MATRICES + extra,
+            purpose="the curvature and its eigendecomposition",
+        )
+
+    def _marglik_path(self) -> str:
+        """``"exact"`` (eigenvalues of H) or ``"slq"`` (large S) for a scalar prior:
+        ``marglik_method``, or by S under ``"auto"`` (logged once per S)."""
+        path = self.marglik_method
+        if path == "auto":
+            path = "exact" if self.n_params_subnet <= EXACT_MARGLIK_MAX_S else "slq"
+            if getattr(self, "_logged_path", None) != (self.n_params_subnet, path):
+                self._logged_path = (self.n_params_subnet, path)
+                logger.info(
+                    "marglik_method='auto': S=%d %s %d, scalar-prior evidence on the "
+                    "%s path (override with marglik_method='exact'/'slq')",
+                    self.n_params_subnet,
+                    "<=" if path == "exact" else ">",
+                    EXACT_MARGLIK_MAX_S,
+                    path,
+                )
+        return path
 
     @property
     def _uses_eig(self) -> bool:
@@ -103,45 +165,166 @@ class FactorisationMixin:
 
     @property
     def posterior_precision(self) -> torch.Tensor:
-        """``(s, t)`` posterior precision :math:`h H + P_0`."""
+        """``(s, t)`` posterior precision :math:`h H + P_0` (a new S x S matrix)."""
         self._check_H_init()
         return self._H_factor * self.H + torch.diag(self.prior_precision_diag)
 
-    @property
-    def log_det_posterior_precision(self) -> torch.Tensor:
-        r""":math:`\log\det P`: O(S) from the cached eigenvalues for a scalar
-        prior, else a Cholesky factorisation (O(S^3) per call)."""
-        if self._prior_structure == "scalar":
-            g = self._eigvals()
-            return linalg.eig_logdet(g, self._H_factor, self._prior_precision[0])
-        self._check_factor_fits()
-        L, info = torch.linalg.cholesky_ex(self.posterior_precision)
+    # ------------------------------------------------------- the in-place factor
+    def _factor(self, kind: str) -> torch.Tensor:
+        r"""The one S x S buffer beside H, converted in place to ``kind``.
+
+        ``"prec_chol"``: lower :math:`L`, :math:`P = LL^\top`; ``"cov"``:
+        :math:`\Sigma = P^{-1}`; ``"cov_sqrt"``: :math:`C`, :math:`\Sigma = CC^\top`.
+        Conversions run in place (LAPACK ``potrf`` / ``potri`` on a column-major
+        view: no extra S x S matrix, measured); the buffer lives in
+        ``_posterior_scale``, so every laplace invalidation (prior, noise, fit)
+        frees it.
+        """
+        f = self._current_factor()
+        if f.kind == kind:
+            return f.buf
+        if f.fallback:  # a non-triangular square root from the eigen fallback
+            if kind == "cov":
+                return f.buf @ f.buf.T
+            raise torch.linalg.LinAlgError(
+                "the posterior precision has no Cholesky factor (not numerically "
+                "positive definite); use curvature_dtype=torch.float64 or a larger "
+                "prior precision."
+            )
+        if kind == "prec_chol" or (kind == "cov" and f.kind == "cov_sqrt"):
+            self._posterior_scale = None  # refactorise from H (O(S^3), no memory)
+            return self._factor(kind)
+        if f.kind == "prec_chol":
+            torch.cholesky_inverse(f.buf, out=f.buf)
+            f.kind = "cov"
+        if kind == "cov_sqrt":
+            _, info = torch.linalg.cholesky_ex(f.buf, out=(f.buf, _info()))
+            if info.item() != 0:
+                raise torch.linalg.LinAlgError(
+                    "the posterior covariance is not numerically positive definite; "
+                    "use curvature_dtype=torch.float64 or a larger prior precision."
+                )
+            f.kind = "cov_sqrt"
+        return f.buf
+
+    def _current_factor(self) -> _Factor:
+        f = self._posterior_scale
+        if not isinstance(f, _Factor) or f.key != self._factor_key():
+            self._posterior_scale = None  # free the old buffer before the new one
+            f = self._posterior_scale = self._precision_cholesky()
+        return f
+
+    def _factor_key(self) -> tuple:
+        return (*self._H_key(), float(self._H_factor))
+
+    def _precision_cholesky(self) -> _Factor:
+        """:math:`P = hH + P_0` written into a column-major buffer and factorised
+        there; on a round-off failure, the eigendecomposition fallbacks."""
+        self._check_H_init()
+        check_dense_fits(
+            self.n_params_subnet,
+            self.H.element_size(),
+            self._device,
+            self.memory_budget,
+            matrices=CURVATURE_MATRICES + FACTOR_MATRICES,
+            purpose="the curvature and its in-place Cholesky factor",
+        )
+        S = self.n_params_subnet
+        store = torch.empty(S, S, dtype=self.H.dtype, device=self.H.device)
+        store.copy_(self.H.detach())
+        h = float(self._H_factor)
+        if h != 1.0:
+            store.mul_(h)
+        store.diagonal().add_(self.prior_precision_diag.detach().to(store.dtype))
+        buf = store.mT  # column-major: LAPACK works on it without a copy
+        _, info = torch.linalg.cholesky_ex(buf, out=(buf, _info()))
         if info.item() == 0:
-            return 2 * L.diagonal().log().sum()
-        e, _ = self._floored_posterior_eigh()
-        return e.log().sum()
+            return _Factor("prec_chol", buf, self._factor_key())
+        del store, buf
+        if self._prior_structure == "scalar":
+            self._warn_not_pd("eigendecomposing H once (cached for every prior)")
+            g, V = self._eig()
+            scale = linalg.eig_scale(g, V, self._H_factor, self._prior_precision[0])
+        else:
+            e, V = self._floored_posterior_eigh()
+            scale = V * e.rsqrt()
+        return _Factor("cov_sqrt", scale.detach(), self._factor_key(), True)
 
     def _compute_scale(self) -> None:
-        if not self._uses_eig:
-            self._check_factor_fits()
-            try:
-                super()._compute_scale()
-                return
-            except torch.linalg.LinAlgError:
-                if self._prior_structure != "scalar":
-                    e, V = self._floored_posterior_eigh()
-                    self._posterior_scale = V * e.rsqrt()
-                    return
-                self._warn_not_pd("eigendecomposing H once (cached for every prior)")
-        g, V = self._eig()
-        scale = linalg.eig_scale(g, V, self._H_factor, self._prior_precision[0])
-        self._posterior_scale = scale
+        if self._uses_eig:
+            g, V = self._eig()
+            self._posterior_scale = linalg.eig_scale(
+                g, V, self._H_factor, self._prior_precision[0]
+            )
+        else:
+            self._factor("cov_sqrt")
+
+    @property
+    def posterior_scale(self) -> torch.Tensor:
+        r"""``(s, t)`` square root :math:`C` of the covariance, :math:`CC^\top = \Sigma`
+        (lower triangular unless the eigendecomposition path is used). Shares
+        memory with the cached factor: do not modify it in place."""
+        if self._uses_eig:
+            if not isinstance(self._posterior_scale, torch.Tensor):
+                self._compute_scale()
+            return self._posterior_scale
+        return self._factor("cov_sqrt")
+
+    @property
+    def posterior_covariance(self) -> torch.Tensor:
+        r"""``(s, t)`` :math:`\Sigma = P^{-1}`, computed in place of the factor (no
+        third S x S matrix). Shares memory with the cached factor: do not modify
+        it in place; clone it to keep it across a change of prior."""
+        if self._uses_eig:
+            scale = self.posterior_scale
+            return scale @ scale.T
+        return self._factor("cov")
+
+    @property
+    def log_det_posterior_precision(self) -> torch.Tensor:
+        r""":math:`\log\det P`. Scalar prior on the exact path: O(S) from the
+        cached eigenvalues of H. Otherwise from the in-place Cholesky factor,
+        differentiable in the prior and the noise through
+        :math:`\partial/\partial P_{0,ii} = \Sigma_{ii}` and
+        :math:`\partial/\partial h = (S - \sum_i \Sigma_{ii} P_{0,ii})/h`, whose
+        backward turns the factor into :math:`\Sigma` in place."""
+        if self._prior_structure == "scalar" and self._marglik_path() == "exact":
+            g = self._eigvals()
+            return linalg.eig_logdet(g, self._H_factor, self._prior_precision[0])
+        return _CholeskyLogDet.apply(self.prior_precision_diag, self._H_factor, self)
+
+    def sample(
+        self, n_samples: int = 100, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Samples of all D weights (subnetwork drawn, the rest at the MAP)."""
+        z = torch.randn(
+            n_samples,
+            self.n_params_subnet,
+            device=self._device,
+            dtype=self._cdtype,
+            generator=generator,
+        )
+        f = self._posterior_scale
+        if not self._uses_eig and isinstance(f, _Factor) and f.kind == "prec_chol":
+            if f.key == self._factor_key():  # theta = mu + L^{-T} z
+                d = torch.linalg.solve_triangular(f.buf.mT, z.T, upper=True).T
+                return self.assemble_full_samples(self.mean_subnet + d.to(self._dtype))
+        d = z @ self.posterior_scale.T
+        return self.assemble_full_samples(self.mean_subnet + d.to(self._dtype))
 
     def _floored_posterior_eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Fallback when the Cholesky factorisation of ``P`` fails to round-off."""
         self._warn_not_pd("using its eigendecomposition, eigenvalues >= min prior")
+        check_dense_fits(
+            self.n_params_subnet,
+            self.H.element_size(),
+            self._device,
+            self.memory_budget,
+            matrices=CURVATURE_MATRICES + 1 + EIGH_MATRICES,
+            purpose="the eigendecomposition fallback of a non-PD precision",
+        )
         floor = self.prior_precision_diag.min().detach()
-        return linalg.floored_eigh(self.posterior_precision, floor)
+        return linalg.floored_eigh(self.posterior_precision.detach(), floor)
 
     def _warn_not_pd(self, remedy: str) -> None:
         fix = "a larger prior precision"
@@ -157,22 +340,43 @@ class FactorisationMixin:
         )
 
     def functional_variance(self, Js: torch.Tensor) -> torch.Tensor:
-        """``(b, c, k)`` GLM output covariance of Jacobians ``(b, c, s)``."""
+        """``(b, c, k)`` GLM output covariance of Jacobians ``(b, c, s)``.
+
+        Eigen path: O(S^2) per block; otherwise a triangular solve with the
+        Cholesky factor (or a product with the covariance / its square root,
+        whichever the buffer holds): O(b c S) memory, no S x S matrix."""
         Js = Js.to(self._cdtype)
         if self._uses_eig:
             g, V = self._eig()
             fv = linalg.eig_functional_variance(
                 Js @ V, g, self._H_factor, self._prior_precision[0]
             )
-        else:
-            fv = linalg.chol_functional_variance(Js, self.posterior_scale)
-        return fv.to(self._dtype)
+            return fv.to(self._dtype)
+        return torch.einsum("bcs,bks->bck", *self._whitened(Js)).to(self._dtype)
+
+    def _whitened(self, Js: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, B)`` ``(b, c, s)`` with :math:`J\Sigma J^\top = A B^\top` per sample."""
+        f = self._current_factor()
+        b, c, s = Js.shape
+        flat = Js.reshape(b * c, s)
+        if f.kind == "prec_chol":
+            X = torch.linalg.solve_triangular(f.buf, flat.T, upper=False).T
+            X = X.reshape(b, c, s)
+            return X, X
+        if f.kind == "cov":
+            return Js, (flat @ f.buf).reshape(b, c, s)
+        X = (flat @ f.buf).reshape(b, c, s)
+        return X, X
 
     def functional_covariance(self, Js: torch.Tensor) -> torch.Tensor:
         """``(b*c, b*c)`` joint GLM output covariance."""
         b, c, s = Js.shape
-        JL = Js.reshape(b * c, s).to(self._cdtype) @ self.posterior_scale
-        return (JL @ JL.T).to(self._dtype)
+        Js = Js.to(self._cdtype)
+        if self._uses_eig:
+            JL = Js.reshape(b * c, s) @ self.posterior_scale
+            return (JL @ JL.T).to(self._dtype)
+        A, B = self._whitened(Js)
+        return (A.reshape(b * c, s) @ B.reshape(b * c, s).T).to(self._dtype)
 
     def square_norm(self, value: torch.Tensor) -> torch.Tensor:
         """Mahalanobis norm of ``value`` (length D or S) around the subnetwork mean."""

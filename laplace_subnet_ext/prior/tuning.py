@@ -17,6 +17,7 @@ from laplace.baselaplace import ParametricLaplace
 from laplace.utils.enums import PredType, PriorStructure, TuningMethod
 from laplace.utils.utils import validate
 
+from laplace_subnet_ext.prior.large_s import slq_spectrum, tune_scalar_prior_slq
 from laplace_subnet_ext.prior.spec import as_prior_tensor
 
 __all__ = ["PriorTuningMixin"]
@@ -37,10 +38,15 @@ class PriorTuningMixin:
     ) -> None:
         """laplace's prior tuning on the subnetwork, for every ``prior_structure``.
 
-        ``"scalar"`` marglik steps cost O(S) after one eigendecomposition;
+        ``"scalar"`` marglik steps cost O(S) after one ``eigvalsh`` on the exact
+        path; on the large-S path (``marglik_method``) the scalar prior is found
+        by stochastic Lanczos quadrature plus an exact Newton correction
+        (``n_steps`` / ``lr`` unused; details in ``marglik_tuning_info``).
         ``"layerwise"`` (one precision per touched tensor) and ``"diag"``
-        factorise the S x S precision at every step (O(S^3)). Other keyword
-        arguments as in ``laplace.BaseLaplace.optimize_prior_precision``.
+        factorise the S x S precision in place at every step (O(S^3)). Grid
+        search eigendecomposes H once where that fits in memory (S <= 10,000),
+        else factorises per grid value. Other keyword arguments as in
+        ``laplace.BaseLaplace.optimize_prior_precision``.
         """
         if pred_type not in ("glm", "nn"):
             raise ValueError(f"pred_type must be 'glm' or 'nn'; got {pred_type!r}.")
@@ -66,7 +72,15 @@ class PriorTuningMixin:
             )
             init = init.expand(n).clone()
             self._prior_structure = prior_structure
-        if method == "gridsearch":
+        if (
+            method == "marglik"
+            and prior_structure == "scalar"
+            and init.numel() == 1
+            and self._marglik_path() == "slq"
+        ):
+            tune_scalar_prior_slq(self)
+            return
+        if method == "gridsearch" and self._eig_affordable():
             self.eigendecompose()  # every grid value then costs O(S^2), no Cholesky
         ParametricLaplace.optimize_prior_precision(
             self, pred_type, method, n_steps, lr, init, prior_structure, **kwargs
@@ -141,7 +155,8 @@ class PriorTuningMixin:
 
         Adam on :math:`\log\lambda` (keeping the current prior structure) and, for
         regression, :math:`\log\sigma`. With a scalar prior each step is O(S)
-        after one eigendecomposition of the curvature.
+        after one eigendecomposition of the curvature (exact path) or of its SLQ
+        spectrum (large-S path, ``marglik_method``).
 
         Returns
         -------
@@ -160,12 +175,46 @@ class PriorTuningMixin:
         opt = torch.optim.Adam(
             [log_prior, log_sigma] if tune_sigma_noise else [log_prior], lr=lr
         )
+        surrogate = self._prior_structure == "scalar" and self._marglik_path() == "slq"
+        if surrogate:  # large S: SLQ spectrum, O(m k) per step
+            nodes, weights = slq_spectrum(self)
         for _ in range(n_steps):
             opt.zero_grad()
             sigma = log_sigma.exp() if tune_sigma_noise else None
-            (-self.log_marginal_likelihood(log_prior.exp(), sigma)).backward()
+            if surrogate:
+                lml = self._slq_log_marginal_likelihood(
+                    log_prior.exp(), sigma, nodes, weights
+                )
+            else:
+                lml = self.log_marginal_likelihood(log_prior.exp(), sigma)
+            (-lml).backward()
             opt.step()
         self.prior_precision = log_prior.detach().exp()
         if tune_sigma_noise:
             self.sigma_noise = log_sigma.detach().exp()
         return self.prior_precision, self.sigma_noise
+
+    def _slq_log_marginal_likelihood(
+        self, prior: torch.Tensor, sigma: torch.Tensor | None, nodes, weights
+    ) -> torch.Tensor:
+        """laplace's log evidence with the SLQ spectrum in place of log det P."""
+        self.prior_precision = prior
+        if sigma is not None:
+            self.sigma_noise = sigma
+        h = self._H_factor
+        lam = self._prior_precision[0]
+        logdet = (
+            weights.to(lam.dtype) * torch.log(h * nodes.to(lam.dtype) + lam)
+        ).sum()
+        ratio = logdet - self.n_params_subnet * torch.log(lam)
+        return self.log_likelihood - 0.5 * (ratio + self.scatter)
+
+    def _eig_affordable(self) -> bool:
+        """Exact path and H's eigendecomposition fits (budget or free memory)."""
+        if self._prior_structure != "scalar" or self._marglik_path() != "exact":
+            return False
+        try:
+            self._check_factor_fits()
+        except ValueError:
+            return False
+        return True

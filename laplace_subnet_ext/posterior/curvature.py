@@ -91,7 +91,8 @@ def add_batch_curvature(
     if not bool(torch.isfinite(A).all()):
         raise FloatingPointError("curvature")
     bound = float(A.abs().amax()) * float(B.abs().amax()) * A.shape[0] * abs(alpha)
-    if bound + float(H.abs().amax()) < torch.finfo(dtype).max / 4:
+    lo, hi = H.aminmax()  # a reduction: no |H| copy
+    if bound + max(-float(lo), float(hi)) < torch.finfo(dtype).max / 4:
         H.addmm_(A.T, B, alpha=alpha)  # cannot overflow: no S x S temporary
         return loss
     H_b = torch.addmm(H, A.T, B, alpha=alpha)  # may overflow: check before keeping

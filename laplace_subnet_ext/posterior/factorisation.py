@@ -67,6 +67,7 @@ class _CholeskyLogDet(torch.autograd.Function):
         ctx.save_for_backward(prior_diag, torch.as_tensor(h))
         if f.fallback:  # C = V e^{-1/2}: log det P = -2 log|det C|
             return (-2 * torch.linalg.slogdet(f.buf)[1]).to(prior_diag.dtype)
+        del f  # (a reference here would keep the old buffer alive while refactoring)
         L = owner._factor("prec_chol")
         out = 2 * L.diagonal().log().sum(dtype=torch.float64)
         return out.to(prior_diag.dtype)
@@ -192,6 +193,7 @@ class FactorisationMixin:
                 "prior precision."
             )
         if kind == "prec_chol" or (kind == "cov" and f.kind == "cov_sqrt"):
+            del f  # free the buffer before the new one: never two factors
             self._posterior_scale = None  # refactorise from H (O(S^3), no memory)
             return self._factor(kind)
         if f.kind == "prec_chol":
@@ -209,9 +211,10 @@ class FactorisationMixin:
 
     def _current_factor(self) -> _Factor:
         f = self._posterior_scale
-        if not isinstance(f, _Factor) or f.key != self._factor_key():
-            self._posterior_scale = None  # free the old buffer before the new one
-            f = self._posterior_scale = self._precision_cholesky()
+        if isinstance(f, _Factor) and f.key == self._factor_key():
+            return f
+        f = self._posterior_scale = None  # free the old buffer before the new one
+        f = self._posterior_scale = self._precision_cholesky()
         return f
 
     def _factor_key(self) -> tuple:

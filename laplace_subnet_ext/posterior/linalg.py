@@ -33,8 +33,8 @@ __all__ = [
 
 def check_finite(H: torch.Tensor, name: str = "curvature") -> None:
     """Raise if ``H`` holds NaN or inf."""
-    if not torch.isfinite(H).all():
-        bad = (~torch.isfinite(H)).sum().item()
+    bad = sum(int((~torch.isfinite(B)).sum()) for B in _row_blocks(H))
+    if bad:
         raise ValueError(
             f"{name} must be finite; got {bad} NaN/inf entries. Check the model "
             "outputs and the data for NaN/inf, or use curvature_dtype=torch.float64."
@@ -81,9 +81,23 @@ def _plausible(A: torch.Tensor, e: torch.Tensor) -> bool:
     garbage, not round-off; ``vector_norm`` reduces without a copy of ``A``)."""
     if not bool(torch.isfinite(e).all()):
         return False
-    fro2 = float(torch.linalg.vector_norm(A, dtype=torch.float64)) ** 2
+    fro2 = _frobenius_sq(A)
     tol = max(1e-6, 16 * A.shape[-1] * torch.finfo(A.dtype).eps)
     return abs(float(e.double().square().sum()) - fro2) <= tol * max(fro2, 1e-300)
+
+
+def _row_blocks(A: torch.Tensor, bytes_per_block: int = 2**26):
+    """Row blocks of ``A`` of about ``bytes_per_block`` in float64 (views)."""
+    rows = max(1, bytes_per_block // (8 * max(1, A.shape[-1])))
+    return (A[i : i + rows] for i in range(0, A.shape[0], rows))
+
+
+def _frobenius_sq(A: torch.Tensor) -> float:
+    """:math:`\|A\|_F^2` accumulated in float64 block by block (no full copy)."""
+    return sum(
+        float(torch.linalg.vector_norm(B, dtype=torch.float64)) ** 2
+        for B in _row_blocks(A)
+    )
 
 
 def _checked_eig(A: torch.Tensor, vectors: bool) -> Any:

@@ -60,32 +60,32 @@ def lanczos_quadrature(
     S = H.shape[0]
     k = min(n_steps, S)
     g = torch.Generator(device="cpu").manual_seed(seed)
-    Z = torch.randint(0, 2, (S, n_probes), generator=g).to(torch.float64) * 2 - 1
+    Z = torch.randint(0, 2, (n_probes, S), generator=g).to(torch.float64) * 2 - 1
     Z = Z.to(H.device)
-    Q = torch.empty(k, S, n_probes, dtype=torch.float64, device=H.device)  # basis
+    # basis (m, k, s): per probe contiguous, so reorthogonalisation is two bmm's
+    Q = torch.empty(n_probes, k, S, dtype=torch.float64, device=H.device)
     alpha = torch.zeros(k, n_probes, dtype=torch.float64, device=H.device)
     beta = torch.zeros(k, n_probes, dtype=torch.float64, device=H.device)
-    q = Z / Z.norm(dim=0)
+    q = Z / Z.norm(dim=1, keepdim=True)  # (m, s)
     steps = k
     for j in range(k):
-        Q[j] = q
-        w = (H @ q.to(H.dtype)).to(torch.float64)
-        alpha[j] = (q * w).sum(0)
-        w = w - q * alpha[j]
+        Q[:, j] = q
+        w = (q.to(H.dtype) @ H).to(torch.float64)  # H symmetric: (H q)^T = q^T H
+        alpha[j] = (q * w).sum(1)
+        w = w - q * alpha[j, :, None]
         if j > 0:
-            w = w - Q[j - 1] * beta[j - 1]
-        # full reorthogonalisation (twice is enough), per probe
-        for _ in range(2):
-            B = Q[: j + 1]  # (j+1, s, m)
-            w = w - torch.einsum("jsm,jm->sm", B, torch.einsum("jsm,sm->jm", B, w))
-        b = w.norm(dim=0)
+            w = w - Q[:, j - 1] * beta[j - 1, :, None]
+        B = Q[:, : j + 1]  # (m, j+1, s)
+        for _ in range(2):  # full reorthogonalisation (twice is enough)
+            w = w - torch.bmm(B.transpose(1, 2), torch.bmm(B, w[:, :, None]))[..., 0]
+        b = w.norm(dim=1)
         if j == k - 1:
             break
         if bool((b <= 1e-10 * alpha[: j + 1].abs().amax(0).clamp_min(1e-300)).any()):
             steps = j + 1  # a Krylov space is exhausted: its quadrature is exact
             break
         beta[j] = b
-        q = w / b
+        q = w / b[:, None]
     T = torch.diag_embed(alpha[:steps].T)
     off = beta[: steps - 1].T
     T = T + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)

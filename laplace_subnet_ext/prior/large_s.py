@@ -37,12 +37,14 @@ __all__ = ["tune_scalar_prior_slq", "slq_spectrum"]
 logger = logging.getLogger("laplace_subnet_ext")
 
 
-def slq_spectrum(la: Any, n_probes: int = 32, n_steps: int = 64) -> tuple:
+def slq_spectrum(
+    la: Any, n_probes: int = 32, n_steps: int = 64, seed: int = 0
+) -> tuple:
     """Cached SLQ nodes and weights of ``la.H`` (per curvature)."""
-    key = (la._H_key(), n_probes, n_steps)
+    key = (la._H_key(), n_probes, n_steps, seed)
     cache = getattr(la, "_slq_cache", None)
     if cache is None or cache[0] != key:
-        nodes, weights = lanczos_quadrature(la.H.detach(), n_probes, n_steps)
+        nodes, weights = lanczos_quadrature(la.H.detach(), n_probes, n_steps, seed)
         la._slq_cache = cache = (key, nodes, weights)
     return cache[1], cache[2]
 
@@ -75,6 +77,7 @@ def tune_scalar_prior_slq(
     n_steps: int = 64,
     refine: bool = True,
     delta: float = 0.05,
+    seed: int = 0,
 ) -> dict[str, float]:
     r"""Set ``la.prior_precision`` to the scalar maximising the log evidence.
 
@@ -88,6 +91,8 @@ def tune_scalar_prior_slq(
         Exact correction with three Cholesky factorisations (see module doc).
     delta : float, default=0.05
         Step in :math:`\log\lambda` of the exact slope.
+    seed : int, default=0
+        Seed of the probes.
 
     Returns
     -------
@@ -96,7 +101,7 @@ def tune_scalar_prior_slq(
         refined) and timings; also stored as ``la.marglik_tuning_info``.
     """
     t0 = time.perf_counter()
-    nodes, weights = slq_spectrum(la, n_probes, n_steps)
+    nodes, weights = slq_spectrum(la, n_probes, n_steps, seed)
     t_slq = time.perf_counter() - t0
     h = float(la._H_factor)
     S = la.n_params_subnet

@@ -66,17 +66,17 @@ class _CholeskyLogDet(torch.autograd.Function):
         ctx.owner = owner
         ctx.save_for_backward(prior_diag, torch.as_tensor(h))
         if f.fallback:  # C = V e^{-1/2}: log det P = -2 log|det C|
-            return (-2 * torch.linalg.slogdet(f.buf)[1]).to(prior_diag.dtype)
+            return -2 * torch.linalg.slogdet(f.buf.double())[1]
         del f  # (a reference here would keep the old buffer alive while refactoring)
         L = owner._factor("prec_chol")
-        out = 2 * L.diagonal().log().sum(dtype=torch.float64)
-        return out.to(prior_diag.dtype)
+        return 2 * L.diagonal().log().sum(dtype=torch.float64)  # float64 on purpose
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         prior_diag, h = ctx.saved_tensors
         d = ctx.owner._factor("cov").diagonal().to(prior_diag.dtype)
         S = d.numel()
+        grad = grad.to(prior_diag.dtype)
         g_prior = grad * d
         g_h = grad * (S - (d * prior_diag).sum()) / h
         return g_prior, g_h.to(h.dtype), None
@@ -294,7 +294,23 @@ class FactorisationMixin:
         if self._prior_structure == "scalar" and self._marglik_path() == "exact":
             g = self._eigvals()
             return linalg.eig_logdet(g, self._H_factor, self._prior_precision[0])
-        return _CholeskyLogDet.apply(self.prior_precision_diag, self._H_factor, self)
+        logdet = _CholeskyLogDet.apply(self.prior_precision_diag, self._H_factor, self)
+        return logdet.to(self.prior_precision_diag.dtype)
+
+    @property
+    def log_det_ratio(self) -> torch.Tensor:
+        r""":math:`\log\det P - \log\det P_0`, formed without cancellation: the
+        two terms are each about :math:`S\log\lambda` and nearly cancel, which in
+        float32 costs about 1e-3 nats at S = 10,000. Exact path:
+        :math:`\sum_i \operatorname{log1p}(h g_i/\lambda)`; Cholesky path: both
+        sums in float64."""
+        if self._prior_structure == "scalar" and self._marglik_path() == "exact":
+            g = self._eigvals()
+            lam = self._prior_precision[0]
+            return torch.log1p(self._H_factor * g / lam).sum()
+        prior = self.prior_precision_diag
+        logdet = _CholeskyLogDet.apply(prior, self._H_factor, self)
+        return (logdet - prior.double().log().sum()).to(prior.dtype)
 
     def sample(
         self, n_samples: int = 100, generator: torch.Generator | None = None

@@ -51,9 +51,9 @@ def slq_spectrum(
 
 def _surrogate(t: torch.Tensor, nodes, weights, h: float, S: int, sc: float):
     """``psi(t)`` for a vector of ``t`` (float64), from SLQ nodes / weights."""
-    lam = t.exp()[:, None]
-    logdet = (weights * torch.log(h * nodes + lam)).sum(-1)
-    return -0.5 * (logdet - S * t + lam[:, 0] * sc)
+    lam = t.exp()[:, None]  # the weights sum to S: log det ratio without cancellation
+    ratio = (weights * torch.log1p(h * nodes / lam)).sum(-1)
+    return -0.5 * (ratio + lam[:, 0] * sc)
 
 
 def _argmax(fn, lo: float = -20.0, hi: float = 20.0) -> float:
@@ -137,9 +137,8 @@ def tune_scalar_prior_slq(
         slope = (f1 - f0) / delta + curv * delta / 2
         t_star = t_hat + max(-0.5, min(0.5, slope / curv))
         f_star = exact(t_star)  # last: leaves the factor at the tuned prior
-        if f_star < max(f0, f1):  # the Newton step did not improve: keep the best
-            t_star = t_hat if f0 >= f1 else t_hat + delta
-            f_star = exact(t_star)
+        if f_star < f0:  # the Newton step did not improve: keep the SLQ optimum
+            t_star, f_star = t_hat, exact(t_hat)
         info.update(
             lambda_=math.exp(t_star),
             log_marglik=f_star,

@@ -203,10 +203,8 @@ class PriorTuningMixin:
             self.sigma_noise = sigma
         h = self._H_factor
         lam = self._prior_precision[0]
-        logdet = (
-            weights.to(lam.dtype) * torch.log(h * nodes.to(lam.dtype) + lam)
-        ).sum()
-        ratio = logdet - self.n_params_subnet * torch.log(lam)
+        w, g = weights.to(lam.dtype), nodes.to(lam.dtype)
+        ratio = (w * torch.log1p(h * g / lam)).sum()  # the weights sum to S
         return self.log_likelihood - 0.5 * (ratio + self.scatter)
 
     def _eig_affordable(self) -> bool:

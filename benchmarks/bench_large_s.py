@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 
+from bench_vs_laplace import rss_gib  # the same RSS reading as the other benchmarks
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -87,17 +89,6 @@ def child(impl: str, S: int, n: int) -> dict:
     out["peak_gb"] = peak / 1e9
     out["peak_SxS"] = peak / (S * S * 4)
     return out
-
-
-def rss_gib(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS"):
-                    return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return 0.0
 
 
 def run(impl: str, S: int, n: int, cap_s: float, mem_gib: float) -> dict:

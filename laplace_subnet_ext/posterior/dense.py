@@ -124,8 +124,7 @@ class DenseSubnetLaplace(
         loop tunes it). ``"slq"``: the log evidence from the Cholesky factor
         (exact), and prior tuning by stochastic Lanczos quadrature plus an exact
         Newton correction (:mod:`laplace_subnet_ext.prior.large_s`), for large S.
-        ``"auto"``: ``"exact"`` up to S = 10,000, logged on the
-        ``laplace_subnet_ext`` logger.
+        ``"auto"``: ``"exact"`` up to S = 10,000 (logged).
     memory_budget : int or str, optional
         Bytes (or "4GB") allowed for the dense posterior (plan: H plus one
         factor, two S x S matrices); default: free memory.

@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
 from math import log, pi
 
 import torch
 
 from laplace_subnet_ext.posterior import linalg
+from laplace_subnet_ext.posterior.inplace import InPlaceFactorMixin
 from laplace_subnet_ext.posterior.memory import (
     CURVATURE_MATRICES,
     EIGH_MATRICES,
     EIGVALSH_MATRICES,
-    FACTOR_MATRICES,
     check_dense_fits,
 )
 
@@ -39,50 +38,7 @@ logger = logging.getLogger("laplace_subnet_ext")
 EXACT_MARGLIK_MAX_S = 10_000
 
 
-def _info() -> torch.Tensor:
-    return torch.empty((), dtype=torch.int32)
-
-
-@dataclass
-class _Factor:
-    """The S x S buffer beside H: what it holds and for which curvature / noise."""
-
-    kind: str  # "prec_chol" | "cov" | "cov_sqrt"
-    buf: torch.Tensor
-    key: tuple
-    fallback: bool = False  # eigen fallback of a non-PD precision: buf is any C
-
-
-class _CholeskyLogDet(torch.autograd.Function):
-    r""":math:`\log\det(hH + \operatorname{diag}(p))` from the in-place factor.
-
-    Backward needs :math:`\operatorname{diag}(\Sigma)`: the factor is inverted in
-    place (``potri``), so forward + backward hold H and one buffer only.
-    """
-
-    @staticmethod
-    def forward(ctx, prior_diag, h, owner):  # noqa: D102
-        f = owner._current_factor()
-        ctx.owner = owner
-        ctx.save_for_backward(prior_diag, torch.as_tensor(h))
-        if f.fallback:  # C = V e^{-1/2}: log det P = -2 log|det C|
-            return -2 * torch.linalg.slogdet(f.buf.double())[1]
-        del f  # (a reference here would keep the old buffer alive while refactoring)
-        L = owner._factor("prec_chol")
-        return 2 * L.diagonal().log().sum(dtype=torch.float64)  # float64 on purpose
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        prior_diag, h = ctx.saved_tensors
-        d = ctx.owner._factor("cov").diagonal().to(prior_diag.dtype)
-        S = d.numel()
-        grad = grad.to(prior_diag.dtype)
-        g_prior = grad * d
-        g_h = grad * (S - (d * prior_diag).sum()) / h
-        return g_prior, g_h.to(h.dtype), None
-
-
-class FactorisationMixin:
+class FactorisationMixin(InPlaceFactorMixin):
     """Posterior precision, log-determinant, scale and GLM variances."""
 
     def _H_key(self) -> tuple[int, int]:
@@ -128,13 +84,18 @@ class FactorisationMixin:
     def _check_factor_fits(self, extra: int = EIGH_MATRICES) -> None:
         """Before an eigendecomposition: refuse if H and ``extra`` more S x S
         matrices cannot fit (budget or free memory)."""
+        self._check_fits(extra, "its eigendecomposition")
+
+    def _check_fits(self, extra: int, what: str) -> None:
+        """Refuse (``ValueError`` naming the largest S) unless H and ``extra`` more
+        S x S matrices fit the budget or the free memory."""
         check_dense_fits(
             self.n_params_subnet,
             self.H.element_size(),
             self._device,
             self.memory_budget,
             matrices=CURVATURE_MATRICES + extra,
-            purpose="the curvature and its eigendecomposition",
+            purpose=f"the curvature and {what}",
         )
 
     def _marglik_path(self) -> str:
@@ -171,88 +132,6 @@ class FactorisationMixin:
         return self._H_factor * self.H + torch.diag(self.prior_precision_diag)
 
     # ------------------------------------------------------- the in-place factor
-    def _factor(self, kind: str) -> torch.Tensor:
-        r"""The one S x S buffer beside H, converted in place to ``kind``.
-
-        ``"prec_chol"``: lower :math:`L`, :math:`P = LL^\top`; ``"cov"``:
-        :math:`\Sigma = P^{-1}`; ``"cov_sqrt"``: :math:`C`, :math:`\Sigma = CC^\top`.
-        Conversions run in place (LAPACK ``potrf`` / ``potri`` on a column-major
-        view: no extra S x S matrix, measured); the buffer lives in
-        ``_posterior_scale``, so every laplace invalidation (prior, noise, fit)
-        frees it.
-        """
-        f = self._current_factor()
-        if f.kind == kind:
-            return f.buf
-        if f.fallback:  # a non-triangular square root from the eigen fallback
-            if kind == "cov":
-                return f.buf @ f.buf.T
-            raise torch.linalg.LinAlgError(
-                "the posterior precision has no Cholesky factor (not numerically "
-                "positive definite); use curvature_dtype=torch.float64 or a larger "
-                "prior precision."
-            )
-        if kind == "prec_chol" or (kind == "cov" and f.kind == "cov_sqrt"):
-            del f  # free the buffer before the new one: never two factors
-            self._posterior_scale = None  # refactorise from H (O(S^3), no memory)
-            return self._factor(kind)
-        if f.kind == "prec_chol":
-            torch.cholesky_inverse(f.buf, out=f.buf)
-            f.kind = "cov"
-        if kind == "cov_sqrt":
-            _, info = torch.linalg.cholesky_ex(f.buf, out=(f.buf, _info()))
-            if info.item() != 0:
-                raise torch.linalg.LinAlgError(
-                    "the posterior covariance is not numerically positive definite; "
-                    "use curvature_dtype=torch.float64 or a larger prior precision."
-                )
-            f.kind = "cov_sqrt"
-        return f.buf
-
-    def _current_factor(self) -> _Factor:
-        f = self._posterior_scale
-        if isinstance(f, _Factor) and f.key == self._factor_key():
-            return f
-        f = self._posterior_scale = None  # free the old buffer before the new one
-        f = self._posterior_scale = self._precision_cholesky()
-        return f
-
-    def _factor_key(self) -> tuple:
-        return (*self._H_key(), float(self._H_factor))
-
-    def _precision_cholesky(self) -> _Factor:
-        """:math:`P = hH + P_0` written into a column-major buffer and factorised
-        there; on a round-off failure, the eigendecomposition fallbacks."""
-        self._check_H_init()
-        check_dense_fits(
-            self.n_params_subnet,
-            self.H.element_size(),
-            self._device,
-            self.memory_budget,
-            matrices=CURVATURE_MATRICES + FACTOR_MATRICES,
-            purpose="the curvature and its in-place Cholesky factor",
-        )
-        S = self.n_params_subnet
-        store = torch.empty(S, S, dtype=self.H.dtype, device=self.H.device)
-        store.copy_(self.H.detach())
-        h = float(self._H_factor)
-        if h != 1.0:
-            store.mul_(h)
-        store.diagonal().add_(self.prior_precision_diag.detach().to(store.dtype))
-        buf = store.mT  # column-major: LAPACK works on it without a copy
-        _, info = torch.linalg.cholesky_ex(buf, out=(buf, _info()))
-        if info.item() == 0:
-            return _Factor("prec_chol", buf, self._factor_key())
-        del store, buf
-        if self._prior_structure == "scalar":
-            self._warn_not_pd("eigendecomposing H once (cached for every prior)")
-            g, V = self._eig()
-            scale = linalg.eig_scale(g, V, self._H_factor, self._prior_precision[0])
-        else:
-            e, V = self._floored_posterior_eigh()
-            scale = V * e.rsqrt()
-        return _Factor("cov_sqrt", scale.detach(), self._factor_key(), True)
-
     def _compute_scale(self) -> None:
         if self._uses_eig:
             g, V = self._eig()
@@ -294,7 +173,7 @@ class FactorisationMixin:
         if self._prior_structure == "scalar" and self._marglik_path() == "exact":
             g = self._eigvals()
             return linalg.eig_logdet(g, self._H_factor, self._prior_precision[0])
-        logdet = _CholeskyLogDet.apply(self.prior_precision_diag, self._H_factor, self)
+        logdet = self._cholesky_log_det()
         return logdet.to(self.prior_precision_diag.dtype)
 
     @property
@@ -309,7 +188,7 @@ class FactorisationMixin:
             lam = self._prior_precision[0]
             return torch.log1p(self._H_factor * g / lam).sum()
         prior = self.prior_precision_diag
-        logdet = _CholeskyLogDet.apply(prior, self._H_factor, self)
+        logdet = self._cholesky_log_det()
         return (logdet - prior.double().log().sum()).to(prior.dtype)
 
     def sample(
@@ -323,25 +202,17 @@ class FactorisationMixin:
             dtype=self._cdtype,
             generator=generator,
         )
-        f = self._posterior_scale
-        if not self._uses_eig and isinstance(f, _Factor) and f.kind == "prec_chol":
-            if f.key == self._factor_key():  # theta = mu + L^{-T} z
-                d = torch.linalg.solve_triangular(f.buf.mT, z.T, upper=True).T
-                return self.assemble_full_samples(self.mean_subnet + d.to(self._dtype))
+        L = None if self._uses_eig else self._precision_factor_if_current()
+        if L is not None:  # theta = mu + L^{-T} z
+            d = torch.linalg.solve_triangular(L.mT, z.T, upper=True).T
+            return self.assemble_full_samples(self.mean_subnet + d.to(self._dtype))
         d = z @ self.posterior_scale.T
         return self.assemble_full_samples(self.mean_subnet + d.to(self._dtype))
 
     def _floored_posterior_eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Fallback when the Cholesky factorisation of ``P`` fails to round-off."""
         self._warn_not_pd("using its eigendecomposition, eigenvalues >= min prior")
-        check_dense_fits(
-            self.n_params_subnet,
-            self.H.element_size(),
-            self._device,
-            self.memory_budget,
-            matrices=CURVATURE_MATRICES + 1 + EIGH_MATRICES,
-            purpose="the eigendecomposition fallback of a non-PD precision",
-        )
+        self._check_fits(1 + EIGH_MATRICES, "the eigendecomposition fallback")
         floor = self.prior_precision_diag.min().detach()
         return linalg.floored_eigh(self.posterior_precision.detach(), floor)
 
@@ -372,20 +243,6 @@ class FactorisationMixin:
             )
             return fv.to(self._dtype)
         return torch.einsum("bcs,bks->bck", *self._whitened(Js)).to(self._dtype)
-
-    def _whitened(self, Js: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(A, B)`` ``(b, c, s)`` with :math:`J\Sigma J^\top = A B^\top` per sample."""
-        f = self._current_factor()
-        b, c, s = Js.shape
-        flat = Js.reshape(b * c, s)
-        if f.kind == "prec_chol":
-            X = torch.linalg.solve_triangular(f.buf, flat.T, upper=False).T
-            X = X.reshape(b, c, s)
-            return X, X
-        if f.kind == "cov":
-            return Js, (flat @ f.buf).reshape(b, c, s)
-        X = (flat @ f.buf).reshape(b, c, s)
-        return X, X
 
     def functional_covariance(self, Js: torch.Tensor) -> torch.Tensor:
         """``(b*c, b*c)`` joint GLM output covariance."""

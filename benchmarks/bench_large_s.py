@@ -93,6 +93,8 @@ def child(impl: str, S: int, n: int) -> dict:
 
 def run(impl: str, S: int, n: int, cap_s: float, mem_gib: float) -> dict:
     cmd = [sys.executable, __file__, "--child", impl, str(S), str(n)]
+    # other work on the machine slows the run: record how busy it was at the start
+    when = {"started": time.strftime("%Y-%m-%d %H:%M"), "load1": os.getloadavg()[0]}
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline, why = time.perf_counter() + cap_s, None
     while p.poll() is None:
@@ -106,8 +108,8 @@ def run(impl: str, S: int, n: int, cap_s: float, mem_gib: float) -> dict:
         time.sleep(0.1)
     stdout, stderr = p.communicate()
     if why or p.returncode != 0:
-        return {"impl": impl, "S": S, "N": n, "failed": why or stderr[-800:]}
-    return json.loads(stdout.strip().splitlines()[-1])
+        return {"impl": impl, "S": S, "N": n, "failed": why or stderr[-800:], **when}
+    return {**json.loads(stdout.strip().splitlines()[-1]), **when}
 
 
 def plot(rows: list[dict], prefix: str) -> None:

@@ -69,7 +69,10 @@ def child(impl: str, S: int, n: int) -> dict:
         fh.write("5")
     out = {"impl": impl, "S": S, "D": D, "N": n}
     t0 = time.perf_counter()
-    la = Laplace(model, "classification", "subnetwork", "full", subnetwork_indices=idx)
+    kw = {"curvature_dtype": torch.float32} if impl == "ours" else {}  # float32 rows
+    la = Laplace(
+        model, "classification", "subnetwork", "full", subnetwork_indices=idx, **kw
+    )
     la.fit(dl)
     out["fit_s"] = time.perf_counter() - t0
     t = time.perf_counter()

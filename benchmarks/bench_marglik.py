@@ -40,7 +40,9 @@ def _run(impl: str, n_subnet: int, n_train: int, q) -> None:
     D = sum(p.numel() for p in model.parameters())
     X, y = torch.randn(n_train, 100), torch.randint(10, (n_train,))
     idx = torch.randperm(D)[:n_subnet]
-    ours = DenseSubnetLaplace(model, "classification", idx)
+    ours = DenseSubnetLaplace(  # float32, as laplace's
+        model, "classification", idx, curvature_dtype=torch.float32
+    )
     t = time.perf_counter()
     ours.fit(DataLoader(TensorDataset(X, y), batch_size=100))
     out = {"impl": impl, "D": D, "S": n_subnet, "fit_ours_s": time.perf_counter() - t}

@@ -78,7 +78,8 @@ def run(name: str, S: int, seeds: list[int]) -> list[dict]:
     model, dl = problem(name)
     D = sum(p.numel() for p in model.parameters())
     idx = torch.randperm(D, generator=torch.Generator().manual_seed(1))[:S]
-    la = DenseSubnetLaplace(model, "classification", idx, marglik_method="exact")
+    f32 = {"curvature_dtype": torch.float32}  # the large-S storage, at S <= 10,000
+    la = DenseSubnetLaplace(model, "classification", idx, marglik_method="exact", **f32)
     la.fit(dl)
     t = time.perf_counter()
     g = torch.linalg.eigvalsh(la.H.double()).clamp_min(0)
@@ -100,7 +101,9 @@ def run(name: str, S: int, seeds: list[int]) -> list[dict]:
         {"method": "exact path (Adam, default)", "lambda": lam_adam,
          "log_evidence": evidence(lam_adam), "seconds": t_eig + t_adam},
     ]  # fmt: skip
-    large = DenseSubnetLaplace(model, "classification", idx, marglik_method="slq")
+    large = DenseSubnetLaplace(
+        model, "classification", idx, marglik_method="slq", **f32
+    )
     large.fit(dl)
     for seed in seeds:
         for refine in (False, True):

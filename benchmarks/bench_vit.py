@@ -60,7 +60,8 @@ def _run(impl: str, n: int, n_subnet: int, batch: int, q) -> None:
         "baseline_rss_gb": _rss_gb(),
     }
     cls = FullSubnetLaplace if impl == "laplace" else DenseSubnetLaplace
-    la = cls(model, "classification", idx)
+    kw = {} if impl == "laplace" else {"curvature_dtype": torch.float32}  # as laplace
+    la = cls(model, "classification", idx, **kw)
     t = time.perf_counter()
     try:
         la.fit(dl)

@@ -189,7 +189,8 @@ def _run(
     holder = {}
     step("select_s", lambda: holder.update(idx=torch.randperm(D)[:n_subnet]))
     cls = FullSubnetLaplace if impl == "laplace" else DenseSubnetLaplace
-    kw = {}
+    # ours in float32 like laplace (the default would be float64 up to S = 10,000)
+    kw = {} if impl == "laplace" else {"curvature_dtype": torch.float32}
     if impl == "laplace" and backend_name != "default":
         import laplace.curvature as curv
 

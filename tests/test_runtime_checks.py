@@ -177,7 +177,7 @@ def test_half_precision_model_float32_curvature(dtype, lik):
     ref.fit(DataLoader(TensorDataset(X, y), batch_size=8))
     half = copy.deepcopy(model).to(dtype)
     y_half = y.to(dtype) if lik == "regression" else y
-    la = DenseSubnetLaplace(half, lik, idx)
+    la = DenseSubnetLaplace(half, lik, idx, curvature_dtype=torch.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # the run-time check passes
         la.fit(DataLoader(TensorDataset(X.to(dtype), y_half), batch_size=8))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 import numpy as np
 import pytest
@@ -209,10 +210,72 @@ def test_float32_model_with_float64_curvature():
     assert la.H.dtype == torch.float64
     p = la(X)
     assert p.dtype == torch.float32 and torch.isfinite(p).all()
-    la32 = DenseSubnetLaplace(model, "classification", torch.arange(30))
+    la32 = DenseSubnetLaplace(
+        model, "classification", torch.arange(30), curvature_dtype=torch.float32
+    )
     la32.fit(dl)
     assert la32.H.dtype == torch.float32
     assert_close(la32.H, la.H, 1e-5, "float32 vs float64 curvature")
+
+
+@pytest.mark.parametrize("model_dtype", [torch.float32, torch.bfloat16])
+def test_default_curvature_dtype_follows_S(model_dtype, monkeypatch, caplog):
+    """curvature_dtype=None: float64 up to FLOAT64_CURVATURE_MAX_S, float32 above,
+    logged; the float64 curvature is the float64 model's to float32 round-off, and
+    predictions come back in the model's dtype."""
+    from laplace_subnet_ext.posterior import dense
+
+    monkeypatch.setattr(dense, "FLOAT64_CURVATURE_MAX_S", 30)
+    model = mlp()
+    X, y = torch.randn(20, 3), torch.randint(2, (20,))
+    from torch.utils.data import DataLoader, TensorDataset
+
+    ref = DenseSubnetLaplace(model, "classification", torch.arange(30))
+    ref.fit(DataLoader(TensorDataset(X, y), batch_size=5))
+    low = copy.deepcopy(model).to(model_dtype)
+    dl = DataLoader(TensorDataset(X.to(model_dtype), y), batch_size=5)
+    for S, expected in ((30, torch.float64), (31, torch.float32)):
+        with caplog.at_level(logging.INFO, logger="laplace_subnet_ext"):
+            caplog.clear()
+            la = DenseSubnetLaplace(low, "classification", torch.arange(S))
+        assert f"S={S}" in caplog.text and str(expected)[6:] in caplog.text
+        la.fit(dl)
+        assert la.H.dtype == expected
+        eps = torch.finfo(model_dtype).eps
+        assert_close(la.H[:30, :30], ref.H, 4 * eps, f"H of S={S}")
+        assert la(X[:3].to(model_dtype)).dtype == model_dtype
+    with caplog.at_level(logging.INFO, logger="laplace_subnet_ext"):
+        caplog.clear()
+        DenseSubnetLaplace(model, "classification", torch.arange(31))
+    assert "curvature_dtype" not in caplog.text  # float64 model: nothing to choose
+
+
+def test_float64_default_that_does_not_fit_names_float32():
+    """The default float64 curvature of a float32 model under a budget that only
+    float32 fits: the error names curvature_dtype=torch.float32, which then fits
+    (one float64 S x S matrix = the float32 plan's two)."""
+    model = mlp().float()
+    budget = 30 * 30 * 8 - 1
+    with pytest.raises(ValueError, match=r"pass curvature_dtype=torch\.float32"):
+        DenseSubnetLaplace(
+            model, "classification", torch.arange(30), memory_budget=budget
+        )
+    la = DenseSubnetLaplace(
+        model,
+        "classification",
+        torch.arange(30),
+        memory_budget=budget + 1,
+        curvature_dtype=torch.float32,
+    )
+    assert la._cdtype == torch.float32
+    with pytest.raises(ValueError, match=r"select fewer weights, or raise"):
+        DenseSubnetLaplace(
+            model,
+            "classification",
+            torch.arange(30),
+            memory_budget=30 * 30 * 4 - 1,
+            curvature_dtype=torch.float32,
+        )
 
 
 # ------------------------------------------------------------------- state

@@ -12,6 +12,7 @@ maths lives in :mod:`.linalg`, the Jacobians in :mod:`laplace_subnet_ext.jacobia
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import MutableMapping
 from typing import Any
@@ -46,10 +47,15 @@ from laplace_subnet_ext.prior.mixin import SubnetPriorMixin
 from laplace_subnet_ext.prior.tuning import PriorTuningMixin
 from laplace_subnet_ext.selection.resolve import select_indices
 
-__all__ = ["DenseSubnetLaplace", "NotFittedError"]
+__all__ = ["DenseSubnetLaplace", "NotFittedError", "FLOAT64_CURVATURE_MAX_S"]
 
 _MISSING: Any = object()
-_HALF = (torch.float16, torch.bfloat16)
+#: Curvature dtype of a float32 / half-precision model when ``curvature_dtype`` is
+#: None: float64 up to this S (round-off in a float32 H + small prior is not
+#: positive definite, README "Float32 / float64"; the plan's two float64 matrices
+#: take 1.6 GB at this S), float32 above it (the large-S plan).
+FLOAT64_CURVATURE_MAX_S = 10_000
+logger = logging.getLogger("laplace_subnet_ext")
 #: dispatch key while the plugin is not registered (never built by laplace.Laplace)
 INERT_KEY = ("subnetwork", "full", "laplace_subnet_ext:unregistered")
 
@@ -115,9 +121,13 @@ class DenseSubnetLaplace(
         a tensor that disagrees moves to the generic path, with a
         ``RuntimeWarning`` naming it.
     curvature_dtype : torch.dtype, optional
-        dtype of the S x S curvature and its factorisation, float32 or float64
-        (e.g. float64 for a float32 model). Default: the model's dtype; float32
-        for bfloat16 / float16 models, whose Jacobians stay in the model's dtype.
+        dtype of the S x S curvature and its factorisation, float32 or float64.
+        Default (None): float64 for a float64 model and for any model while
+        ``S <= FLOAT64_CURVATURE_MAX_S`` (10,000; a float32 H plus a small prior
+        is often not numerically positive definite), float32 above it (the
+        large-S memory plan); the choice is logged on the ``laplace_subnet_ext``
+        logger. Jacobians stay in the model's dtype; predictions are returned in
+        it.
     marglik_method : {"auto", "exact", "slq"}, default="auto"
         Scalar-prior marginal likelihood. ``"exact"``: eigenvalues of H
         (``eigvalsh``, O(S^3) once, then O(S) per prior value; laplace's Adam
@@ -249,11 +259,20 @@ class DenseSubnetLaplace(
 
     @property
     def _cdtype(self) -> torch.dtype:
-        """Curvature / factorisation dtype: as given, else the model's, float32 for
-        bfloat16 / float16 models (torch.linalg has no half-precision solvers)."""
+        """Curvature / factorisation dtype of the selected subnetwork."""
+        return self._curvature_dtype_for(self.n_params_subnet)
+
+    def _curvature_dtype_for(self, S: int | None) -> torch.dtype:
+        """``curvature_dtype`` as given; else float64 for a float64 model or when
+        ``S <= FLOAT64_CURVATURE_MAX_S``, float32 above (torch.linalg has no
+        half-precision solvers)."""
         if self.curvature_dtype is not None:
             return self.curvature_dtype
-        return torch.float32 if self._dtype in _HALF else self._dtype
+        if self._dtype == torch.float64 or (
+            S is not None and S <= FLOAT64_CURVATURE_MAX_S
+        ):
+            return torch.float64
+        return torch.float32
 
     def _check_selected(self) -> None:
         if self._layout is None:
@@ -265,7 +284,18 @@ class DenseSubnetLaplace(
     def _set_subnetwork(self, indices: Any) -> None:
         idx = normalize_subnetwork_indices(indices, self.n_params, device=self._device)
         S = idx.numel()
-        itemsize = torch.empty((), dtype=self._cdtype).element_size()
+        dtype = self._curvature_dtype_for(S)
+        if self.curvature_dtype is None and self._dtype != torch.float64:
+            logger.info(
+                "curvature_dtype=None: S=%d %s %d, the %s model's curvature is "
+                "stored and factorised in %s (pass curvature_dtype to choose)",
+                S,
+                "<=" if dtype == torch.float64 else ">",
+                FLOAT64_CURVATURE_MAX_S,
+                str(self._dtype).removeprefix("torch."),
+                str(dtype).removeprefix("torch."),
+            )
+        itemsize = torch.empty((), dtype=dtype).element_size()
         check_dense_fits(S, itemsize, self._device, self.memory_budget)
         total = dense_posterior_bytes(S, itemsize)
         limit = self.memory_budget or available_bytes(self._device)

@@ -139,6 +139,7 @@ def check_dense_fits(
             f"bytes each), but {limit / 1e9:.2f} GB "
             f"{'is the memory_budget' if budget is not None else 'is free'} on "
             f"{device}. The largest subnetwork that fits is S="
-            f"{largest_subnet(total, itemsize, matrices)}; select fewer weights, use "
-            "float32 curvature, or raise memory_budget."
+            f"{largest_subnet(total, itemsize, matrices)}; select fewer weights"
+            f"{', pass curvature_dtype=torch.float32' if itemsize > 4 else ''}, "
+            "or raise memory_budget."
         )

@@ -112,10 +112,13 @@ def test_curvature_fits_but_factorisation_does_not():
     """H fits the budget: warn at construction, fit works, the posterior refuses."""
     model = torch.nn.Linear(30, 20)  # D = 620
     budget = dense_posterior_bytes(300, 8, 1) + 1  # H of S=300 fits, factorisation not
-    with pytest.warns(UserWarning, match=r"fit\(\) works, the posterior will raise"):
+    with pytest.warns(
+        UserWarning, match=r"fit\(\) works, the posterior will raise"
+    ) as rec:
         la = DenseSubnetLaplace(
             model, "regression", torch.arange(300), memory_budget=budget
         )
+    assert rec[0].filename == __file__  # points at the user's call
     X, y = torch.randn(8, 30), torch.randn(8, 20)
     la.fit(DataLoader(TensorDataset(X, y), batch_size=4))
     s_fit = largest_subnet(budget, 8)

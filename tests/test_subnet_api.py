@@ -223,9 +223,9 @@ def test_default_curvature_dtype_follows_S(model_dtype, monkeypatch, caplog):
     """curvature_dtype=None: float64 up to FLOAT64_CURVATURE_MAX_S, float32 above,
     logged; the float64 curvature is the float64 model's to float32 round-off, and
     predictions come back in the model's dtype."""
-    from laplace_subnet_ext.posterior import dense
+    from laplace_subnet_ext.posterior import memory
 
-    monkeypatch.setattr(dense, "FLOAT64_CURVATURE_MAX_S", 30)
+    monkeypatch.setattr(memory, "FLOAT64_CURVATURE_MAX_S", 30)
     model = mlp()
     X, y = torch.randn(20, 3), torch.randint(2, (20,))
     from torch.utils.data import DataLoader, TensorDataset

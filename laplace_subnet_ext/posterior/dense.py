@@ -13,7 +13,6 @@ maths lives in :mod:`.linalg`, the Jacobians in :mod:`laplace_subnet_ext.jacobia
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -35,10 +34,8 @@ from laplace_subnet_ext.posterior.curvature import (
 from laplace_subnet_ext.posterior.factorisation import FactorisationMixin
 from laplace_subnet_ext.posterior.indices import normalize_subnetwork_indices
 from laplace_subnet_ext.posterior.memory import (
-    available_bytes,
-    check_dense_fits,
-    dense_posterior_bytes,
-    largest_subnet,
+    check_subnet_plan,
+    default_curvature_dtype,
     parse_bytes,
 )
 from laplace_subnet_ext.posterior.predictive import BlockedPredictiveMixin
@@ -47,14 +44,9 @@ from laplace_subnet_ext.prior.mixin import SubnetPriorMixin
 from laplace_subnet_ext.prior.tuning import PriorTuningMixin
 from laplace_subnet_ext.selection.resolve import select_indices
 
-__all__ = ["DenseSubnetLaplace", "NotFittedError", "FLOAT64_CURVATURE_MAX_S"]
+__all__ = ["DenseSubnetLaplace", "NotFittedError"]
 
 _MISSING: Any = object()
-#: Curvature dtype of a float32 / half-precision model when ``curvature_dtype`` is
-#: None: float64 up to this S (round-off in a float32 H + small prior is not
-#: positive definite, README "Float32 / float64"; the plan's two float64 matrices
-#: take 1.6 GB at this S), float32 above it (the large-S plan).
-FLOAT64_CURVATURE_MAX_S = 10_000
 logger = logging.getLogger("laplace_subnet_ext")
 #: dispatch key while the plugin is not registered (never built by laplace.Laplace)
 INERT_KEY = ("subnetwork", "full", "laplace_subnet_ext:unregistered")
@@ -123,7 +115,7 @@ class DenseSubnetLaplace(
     curvature_dtype : torch.dtype, optional
         dtype of the S x S curvature and its factorisation, float32 or float64.
         Default (None): float64 for a float64 model and for any model while
-        ``S <= FLOAT64_CURVATURE_MAX_S`` (10,000; a float32 H plus a small prior
+        ``S <= memory.FLOAT64_CURVATURE_MAX_S`` (10,000; a float32 H plus a small prior
         is often not numerically positive definite), float32 above it (the
         large-S memory plan); the choice is logged on the ``laplace_subnet_ext``
         logger. Jacobians stay in the model's dtype; predictions are returned in
@@ -263,16 +255,10 @@ class DenseSubnetLaplace(
         return self._curvature_dtype_for(self.n_params_subnet)
 
     def _curvature_dtype_for(self, S: int | None) -> torch.dtype:
-        """``curvature_dtype`` as given; else float64 for a float64 model or when
-        ``S <= FLOAT64_CURVATURE_MAX_S``, float32 above (torch.linalg has no
-        half-precision solvers)."""
+        """``curvature_dtype`` as given, else :func:`.memory.default_curvature_dtype`."""
         if self.curvature_dtype is not None:
             return self.curvature_dtype
-        if self._dtype == torch.float64 or (
-            S is not None and S <= FLOAT64_CURVATURE_MAX_S
-        ):
-            return torch.float64
-        return torch.float32
+        return default_curvature_dtype(self._dtype, S)[0]
 
     def _check_selected(self) -> None:
         if self._layout is None:
@@ -286,27 +272,9 @@ class DenseSubnetLaplace(
         S = idx.numel()
         dtype = self._curvature_dtype_for(S)
         if self.curvature_dtype is None and self._dtype != torch.float64:
-            logger.info(
-                "curvature_dtype=None: S=%d %s %d, the %s model's curvature is "
-                "stored and factorised in %s (pass curvature_dtype to choose)",
-                S,
-                "<=" if dtype == torch.float64 else ">",
-                FLOAT64_CURVATURE_MAX_S,
-                str(self._dtype).removeprefix("torch."),
-                str(dtype).removeprefix("torch."),
-            )
+            logger.info(default_curvature_dtype(self._dtype, S)[1])
         itemsize = torch.empty((), dtype=dtype).element_size()
-        check_dense_fits(S, itemsize, self._device, self.memory_budget)
-        total = dense_posterior_bytes(S, itemsize)
-        limit = self.memory_budget or available_bytes(self._device)
-        if total > limit:
-            warnings.warn(
-                f"n_params_subnet={S}: the curvature fits, but factorising the dense "
-                f"posterior needs about {total / 1e9:.2f} GB in all (> "
-                f"{limit / 1e9:.2f} GB); fit() works, the posterior will raise. "
-                f"S={largest_subnet(limit, itemsize)} fits entirely.",
-                stacklevel=3,
-            )
+        check_subnet_plan(S, itemsize, self._device, self.memory_budget)
         self._layout = SubnetLayout(self.model, idx)
         if self._backend is not None:
             self._backend.subnetwork_indices = idx

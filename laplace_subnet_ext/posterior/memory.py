@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 
 import torch
 
@@ -40,7 +41,16 @@ __all__ = [
     "dense_posterior_bytes",
     "largest_subnet",
     "check_dense_fits",
+    "check_subnet_plan",
+    "FLOAT64_CURVATURE_MAX_S",
+    "default_curvature_dtype",
 ]
+
+#: Curvature dtype of a float32 / half-precision model when ``curvature_dtype`` is
+#: None: float64 up to this S (round-off in a float32 H + small prior is not
+#: positive definite, README "Float32 / float64"; the plan's two float64 matrices
+#: take 1.6 GB at this S), float32 above it (the large-S plan).
+FLOAT64_CURVATURE_MAX_S = 10_000
 
 #: S x S matrices held by the curvature itself
 CURVATURE_MATRICES = 1
@@ -142,4 +152,42 @@ def check_dense_fits(
             f"{largest_subnet(total, itemsize, matrices)}; select fewer weights"
             f"{', pass curvature_dtype=torch.float32' if itemsize > 4 else ''}, "
             "or raise memory_budget."
+        )
+
+
+def default_curvature_dtype(
+    model_dtype: torch.dtype, n_subnet: int | None
+) -> tuple[torch.dtype, str]:
+    """The curvature dtype for ``curvature_dtype=None`` and the rule that chose it:
+    float64 for a float64 model or while ``n_subnet <= FLOAT64_CURVATURE_MAX_S``,
+    float32 above (torch.linalg has no half-precision solvers)."""
+    name = str(model_dtype).removeprefix("torch.")
+    if model_dtype == torch.float64:
+        return torch.float64, "float64 model"
+    if n_subnet is not None and n_subnet <= FLOAT64_CURVATURE_MAX_S:
+        rule, dtype = "<=", torch.float64
+    else:
+        rule, dtype = ">", torch.float32
+    return dtype, (
+        f"curvature_dtype=None: S={n_subnet} {rule} {FLOAT64_CURVATURE_MAX_S}, the "
+        f"{name} model's curvature is stored and factorised in "
+        f"{str(dtype).removeprefix('torch.')} (pass curvature_dtype to choose)"
+    )
+
+
+def check_subnet_plan(
+    n_subnet: int, itemsize: int, device: torch.device | str, budget: int | None
+) -> None:
+    """When a subnetwork is set: raise if the curvature does not fit, warn if the
+    whole plan (curvature + factor) does not, naming the largest S that does."""
+    check_dense_fits(n_subnet, itemsize, device, budget)
+    total = dense_posterior_bytes(n_subnet, itemsize)
+    limit = budget or available_bytes(device)
+    if total > limit:
+        warnings.warn(
+            f"n_params_subnet={n_subnet}: the curvature fits, but factorising the "
+            f"dense posterior needs about {total / 1e9:.2f} GB in all (> "
+            f"{limit / 1e9:.2f} GB); fit() works, the posterior will raise. "
+            f"S={largest_subnet(limit, itemsize)} fits entirely.",
+            stacklevel=4,
         )

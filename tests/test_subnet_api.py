@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from laplace import FullLaplace, Laplace
 from laplace.utils import LastLayerSubnetMask, RandomSubnetMask
+from torch.utils.data import DataLoader, TensorDataset
 
 from laplace_subnet_ext import DenseSubnetLaplace, NotFittedError
 from tests.cases import D_MLP, DictModel, assert_close, loader, make, mlp
@@ -200,7 +202,6 @@ def test_float32_model_with_float64_curvature():
     model = mlp().float()
     X = torch.randn(20, 3, dtype=torch.float32)
     y = torch.randint(2, (20,))
-    from torch.utils.data import DataLoader, TensorDataset
 
     dl = DataLoader(TensorDataset(X, y), batch_size=5)
     la = DenseSubnetLaplace(
@@ -228,7 +229,6 @@ def test_default_curvature_dtype_follows_S(model_dtype, monkeypatch, caplog):
     monkeypatch.setattr(memory, "FLOAT64_CURVATURE_MAX_S", 30)
     model = mlp()
     X, y = torch.randn(20, 3), torch.randint(2, (20,))
-    from torch.utils.data import DataLoader, TensorDataset
 
     ref = DenseSubnetLaplace(model, "classification", torch.arange(30))
     ref.fit(DataLoader(TensorDataset(X, y), batch_size=5))
@@ -248,6 +248,38 @@ def test_default_curvature_dtype_follows_S(model_dtype, monkeypatch, caplog):
         caplog.clear()
         DenseSubnetLaplace(model, "classification", torch.arange(31))
     assert "curvature_dtype" not in caplog.text  # float64 model: nothing to choose
+
+
+def test_default_curvature_keeps_singular_posterior_pd():
+    """README's failing case in small: S = 1,000 > N = 20, so the GGN is singular,
+    and a tiny prior. The float32 curvature is not numerically PD (warned eigen
+    fallback); the default (float64 at this S) factorises without a warning and
+    matches the float64 model's GLM variance."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(5, 40),
+        torch.nn.Tanh(),
+        torch.nn.Linear(40, 40),
+        torch.nn.Tanh(),
+        torch.nn.Linear(40, 1),
+    )
+    X, y = torch.randn(20, 5), torch.randn(20, 1)
+
+    def variance(model, dtype, **kw):
+        la = DenseSubnetLaplace(
+            model.to(dtype), "regression", torch.arange(1000), sigma_noise=0.01, **kw
+        )
+        la.fit(DataLoader(TensorDataset(X.to(dtype), y.to(dtype)), batch_size=10))
+        la.prior_precision = 1e-4
+        return la(X[:4].to(dtype))[1].double()
+
+    ref = variance(copy.deepcopy(net), torch.float64)
+    with pytest.warns(RuntimeWarning, match="not numerically positive definite"):
+        variance(copy.deepcopy(net), torch.float32, curvature_dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        v = variance(copy.deepcopy(net), torch.float32)
+    assert_close(v, ref, 1e-3, "default curvature dtype vs float64 model")
 
 
 def test_float64_default_that_does_not_fit_names_float32():

@@ -36,6 +36,7 @@ from laplace_subnet_ext.posterior.indices import normalize_subnetwork_indices
 from laplace_subnet_ext.posterior.memory import (
     check_subnet_plan,
     default_curvature_dtype,
+    explain_curvature_dtype,
     parse_bytes,
 )
 from laplace_subnet_ext.posterior.predictive import BlockedPredictiveMixin
@@ -258,7 +259,7 @@ class DenseSubnetLaplace(
         """``curvature_dtype`` as given, else :func:`.memory.default_curvature_dtype`."""
         if self.curvature_dtype is not None:
             return self.curvature_dtype
-        return default_curvature_dtype(self._dtype, S)[0]
+        return default_curvature_dtype(self._dtype, S)
 
     def _check_selected(self) -> None:
         if self._layout is None:
@@ -272,7 +273,7 @@ class DenseSubnetLaplace(
         S = idx.numel()
         dtype = self._curvature_dtype_for(S)
         if self.curvature_dtype is None and self._dtype != torch.float64:
-            logger.info(default_curvature_dtype(self._dtype, S)[1])
+            logger.info(explain_curvature_dtype(self._dtype, S))
         itemsize = torch.empty((), dtype=dtype).element_size()
         check_subnet_plan(S, itemsize, self._device, self.memory_budget)
         self._layout = SubnetLayout(self.model, idx)

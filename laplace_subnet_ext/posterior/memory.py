@@ -44,6 +44,7 @@ __all__ = [
     "check_subnet_plan",
     "FLOAT64_CURVATURE_MAX_S",
     "default_curvature_dtype",
+    "explain_curvature_dtype",
 ]
 
 #: Curvature dtype of a float32 / half-precision model when ``curvature_dtype`` is
@@ -157,21 +158,26 @@ def check_dense_fits(
 
 def default_curvature_dtype(
     model_dtype: torch.dtype, n_subnet: int | None
-) -> tuple[torch.dtype, str]:
-    """The curvature dtype for ``curvature_dtype=None`` and the rule that chose it:
-    float64 for a float64 model or while ``n_subnet <= FLOAT64_CURVATURE_MAX_S``,
-    float32 above (torch.linalg has no half-precision solvers)."""
-    name = str(model_dtype).removeprefix("torch.")
-    if model_dtype == torch.float64:
-        return torch.float64, "float64 model"
-    if n_subnet is not None and n_subnet <= FLOAT64_CURVATURE_MAX_S:
-        rule, dtype = "<=", torch.float64
-    else:
-        rule, dtype = ">", torch.float32
-    return dtype, (
+) -> torch.dtype:
+    """The curvature dtype for ``curvature_dtype=None``: float64 for a float64
+    model or while ``n_subnet <= FLOAT64_CURVATURE_MAX_S``, float32 above
+    (torch.linalg has no half-precision solvers)."""
+    if model_dtype == torch.float64 or (
+        n_subnet is not None and n_subnet <= FLOAT64_CURVATURE_MAX_S
+    ):
+        return torch.float64
+    return torch.float32
+
+
+def explain_curvature_dtype(model_dtype: torch.dtype, n_subnet: int) -> str:
+    """The log line of :func:`default_curvature_dtype`'s choice and its rule."""
+    dtype = default_curvature_dtype(model_dtype, n_subnet)
+    rule = "<=" if dtype == torch.float64 else ">"
+    return (
         f"curvature_dtype=None: S={n_subnet} {rule} {FLOAT64_CURVATURE_MAX_S}, the "
-        f"{name} model's curvature is stored and factorised in "
-        f"{str(dtype).removeprefix('torch.')} (pass curvature_dtype to choose)"
+        f"{str(model_dtype).removeprefix('torch.')} model's curvature is stored and "
+        f"factorised in {str(dtype).removeprefix('torch.')} (pass curvature_dtype "
+        "to choose)"
     )
 
 

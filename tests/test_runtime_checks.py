@@ -34,6 +34,7 @@ class OffByOnePercent(LinearRule):
                     u.n,
                     u.factor,
                     lambda dz, loc, g=g: 1.01 * g(dz, loc),
+                    u.sample_rows,
                 )
             out.append(u)
         return out
@@ -55,7 +56,9 @@ def planted_bug(monkeypatch):
 def test_planted_wrong_rule_is_caught_named_and_repaired(planted_bug):
     model, X, y, idx = _mlp_problem()
     la = DenseSubnetLaplace(model, "classification", idx)
-    with pytest.warns(RuntimeWarning, match=r"disagree with torch\.func for 0\.weight"):
+    with pytest.warns(
+        RuntimeWarning, match=r"disagree with plain autograd for 0\.weight"
+    ):
         la.fit(DataLoader(TensorDataset(X, y), batch_size=8))  # two batches
     J, f = full_jacobian(model, X)
     H_ref, _ = reference(J, f, idx)

@@ -10,7 +10,11 @@ or when the capture exits on an error).
 
 Each hook returns a copy of the module output, so that later in-place
 operations (``ReLU(inplace=True)``, ``x += ...``) cannot change the recorded
-tensor.
+tensor. The hooks are *prepended*, so they see the module's own output before
+any forward hook of the user's can change it; global forward hooks
+(``nn.modules.module.register_module_forward_hook``) run before every module
+hook, so while one is registered nothing takes the fast path
+(:attr:`FastCapture.foreign_hooks`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,14 @@ def holders(model: nn.Module, params: list[torch.Tensor]) -> list[nn.Module]:
     return out
 
 
+def _global_forward_hooks() -> bool:
+    """Whether global module forward hooks are registered (torch keeps them in a
+    private dict; read defensively)."""
+    from torch.nn.modules import module as _module
+
+    return bool(getattr(_module, "_global_forward_hooks", None))
+
+
 class FastCapture:
     """Context manager: ``uses[id(param)]`` lists the recorded uses of each param.
 
@@ -52,16 +64,27 @@ class FastCapture:
         self._handles: list = []
         self._saved_linear = None
         self._attention_batch: int | None = None
+        #: why no use can be trusted in this pass (global forward hooks), or ""
+        self.foreign_hooks = (
+            "a global forward hook is registered (it runs before the capture "
+            "hooks and may change module outputs)"
+            if _global_forward_hooks()
+            else ""
+        )
 
     def __enter__(self) -> FastCapture:
         for m in self.modules:
             if isinstance(m, nn.MultiheadAttention):
                 self._handles.append(
-                    m.register_forward_pre_hook(self._enter_attention, with_kwargs=True)
+                    m.register_forward_pre_hook(
+                        self._enter_attention, with_kwargs=True, prepend=True
+                    )
                 )
-                self._handles.append(m.register_forward_hook(self._leave_attention))
+                self._handles.append(
+                    m.register_forward_hook(self._leave_attention, prepend=True)
+                )
             else:
-                self._handles.append(m.register_forward_hook(self._hook))
+                self._handles.append(m.register_forward_hook(self._hook, prepend=True))
         return self
 
     def __exit__(self, *exc) -> None:

@@ -13,14 +13,19 @@ Index conventions: ``b`` batch, ``c``/``k`` outputs, ``p`` all parameters,
 
     1. a tensor is a candidate only if a module with a rule holds it;
     2. after each forward pass the autograd graph must show that *every* use of
-       the tensor lies inside a recorded use (:mod:`.guard`); otherwise it takes
-       the generic path for that pass (and from then on);
-    3. on the first call, the fast columns are compared with ``torch.func``
-       (:mod:`.verify`, about one extra forward + backward pass); a tensor that
-       disagrees moves to the generic path with a warning naming it.
-       ``verify=False`` skips this check.
+       the tensor lies inside a recorded use (:mod:`.guard`), and one extra
+       backward pass with random per-sample output weights must show that every
+       row of every use belongs to the sample the rule credits it to
+       (:func:`.guard.misattributed`: gathers, scatters, sorting, batch
+       statistics, a sequence-first layout); otherwise the tensor takes the
+       generic path for that pass (and from then on);
+    3. on each tensor's first live use, its fast columns are compared with one
+       reverse pass of the unmodified model (:mod:`.verify`, about one extra
+       forward + backward pass); a tensor that disagrees moves to the generic
+       path with a warning naming it. ``verify=False`` skips this check.
 ``"functional"``
-    Generic path for all touched tensors.
+    Generic path for all touched tensors: ``torch.func``, and where it cannot
+    differentiate the model, one plain ``backward()`` per (sample, output).
 ``"backend"``
     laplace-torch's backend Jacobians for all ``D`` parameters, then sliced:
     the reference this package replaces, kept for comparison.
@@ -44,8 +49,15 @@ from torch import nn
 
 from laplace_subnet_ext.jacobians.batching import batch_size, slice_batch
 from laplace_subnet_ext.jacobians.capture import FastCapture
-from laplace_subnet_ext.jacobians.functional import functional_jacobians
-from laplace_subnet_ext.jacobians.guard import explained_params
+from laplace_subnet_ext.jacobians.functional import (
+    autograd_jacobians,
+    functional_jacobians,
+)
+from laplace_subnet_ext.jacobians.guard import (
+    explained_params,
+    identity_tolerance,
+    misattributed,
+)
 from laplace_subnet_ext.jacobians.layout import SubnetLayout, TensorSelection
 from laplace_subnet_ext.jacobians.rules import rule_for
 from laplace_subnet_ext.jacobians.verify import mismatched_tensors, tolerance
@@ -76,13 +88,18 @@ class SubnetJacobians:
         ``x -> (Js, f)`` of laplace's backend (full then sliced); required
         for ``method="backend"``.
     verify : bool, default=True
-        Compare the fast columns with ``torch.func`` on the first call.
+        Compare each tensor's fast columns with plain autograd on its first
+        live use.
 
     Attributes
     ----------
     generic_reasons : dict
         ``tensor name -> why`` for candidates of the fast path that were moved
-        to the generic path (by the graph guard or by the run-time check).
+        to the generic path (by the graph guard, the sample check or the
+        run-time check).
+    autograd_reason : str or None
+        Why the generic path uses one ``backward()`` per (sample, output):
+        the error ``torch.func`` raised on this model, or None.
     """
 
     def __init__(
@@ -109,8 +126,12 @@ class SubnetJacobians:
         self.generic_chunk_size = generic_chunk_size
         self.backend_jacobians = backend_jacobians
         self.verify = bool(verify)
-        self.verified = False
+        #: names of the fast tensors already compared by the run-time check
+        self.verified: set[str] = set()
         self.generic_reasons: dict[str, str] = {}
+        self.autograd_reason: str | None = None
+        #: samples may interact (a use reached other samples): never chunk
+        self._whole_batch = False
 
     def split(self) -> tuple[list, list]:
         """Candidates of the fast path, and tensors for the generic path."""
@@ -139,29 +160,40 @@ class SubnetJacobians:
         Js = f = None
         with torch.enable_grad():
             if candidates:
-                Js, f, fast, demoted = self._fast(candidates, x)
+                Js, f, fast, demoted, report = self._fast(candidates, x)
                 slow = slow + demoted
-                if fast and self.verify and not self.verified:
-                    bad = self._check(fast, Js, x)
-                    slow = slow + bad
-            self.verified = True
+                new = [
+                    s
+                    for s in fast
+                    if s.name not in self.verified and id(s.param) in report.live
+                ]
+                if new and self.verify:
+                    slow = slow + self._check(new, Js, x, report.compute_eps)
+                self.verified.update(s.name for s in new)
             if slow:
                 Js, f = self._fill_generic(slow, x, Js, f)
         return Js, f
 
     # ---------------------------------------------------------------- fast path
+    def _demote(self, selections: list, reason: str) -> None:
+        for s in selections:
+            self.generic_reasons[s.name] = reason
+            logger.info("%s takes the generic path: %s", s.name, reason)
+
     def _fast(self, candidates: list, x) -> tuple:
         params = {id(s.param): s.param for s in candidates}
         with FastCapture(self.model, list(params.values())) as cap:
             f = self.model(x)
         _check_output(f)
         b, c = f.shape
-        ok, reasons = explained_params(f, cap.uses, params, b)
-        demoted = [s for s in candidates if id(s.param) not in ok]
-        for s in demoted:
-            self.generic_reasons[s.name] = reasons[id(s.param)]
-            logger.info("%s takes the generic path: %s", s.name, reasons[id(s.param)])
-        fast = [s for s in candidates if id(s.param) in ok]
+        report = explained_params(f, cap.uses, params, b)
+        if cap.foreign_hooks:
+            report.ok.clear()
+            report.reasons.update(dict.fromkeys(params, cap.foreign_hooks))
+        for s in candidates:
+            if id(s.param) not in report.ok:
+                self._demote([s], report.reasons[id(s.param)])
+        fast = [s for s in candidates if id(s.param) in report.ok]
         Js = f.new_zeros(b, c, self.layout.n_subnet)
         work = [
             (sel, u, u.factor(sel.local))  # input-side factors once per forward
@@ -169,32 +201,81 @@ class SubnetJacobians:
             for u in cap.uses[id(sel.param)]
             if u.z.requires_grad
         ]
-        outs = list({id(u.z): u.z for _, u, _ in work}.values())
-        for k in range(c if outs else 0):
+        outs = {id(u.z): u for _, u, _ in work}  # one use per output tensor
+        zs = [u.z for u in outs.values()]
+        # random per-sample output weights for the sample check (fixed seed)
+        gen = torch.Generator(device=f.device).manual_seed(0)
+        wts = torch.randn(b, c, dtype=f.dtype, device=f.device, generator=gen)
+        pred = {k: None for k in outs}
+        size = {k: None for k in outs}
+        for k in range(c if zs else 0):
             grads = torch.autograd.grad(
-                f[:, k].sum(), outs, retain_graph=k < c - 1, allow_unused=True
+                f[:, k].sum(), zs, retain_graph=True, allow_unused=True
             )
-            grad_of = {id(z): g for z, g in zip(outs, grads)}
+            grad_of = {id(z): g for z, g in zip(zs, grads)}
+            for key, use in outs.items():
+                g = grad_of[key]
+                if g is not None:
+                    r = use.sample_rows(g.detach())
+                    w = wts[:, k, None]
+                    pred[key] = w * r if pred[key] is None else pred[key] + w * r
+                    a = (w * r).abs()
+                    size[key] = a if size[key] is None else size[key] + a
             for sel, u, h in work:
                 dz = grad_of[id(u.z)]
                 if dz is not None:
                     Js[:, k, sel.positions] += _contract(
                         u.gradient(dz.detach(), sel.local), h
                     )
-        return Js, f.detach(), fast, demoted
+        bad = self._misattributed(f, wts, zs, outs, pred, size, report.compute_eps)
+        demoted = [s for s in candidates if id(s.param) not in report.ok]
+        wrong = {id(outs[key].param) for key in bad}
+        wrong |= {id(u.param) for _, u, _ in work if id(u.z) in bad}
+        if wrong:
+            self._whole_batch = True
+            err = max(bad.values())
+            hit = [s for s in fast if id(s.param) in wrong]
+            self._demote(
+                hit,
+                "rows of a recorded use are not attributable to the samples the "
+                f"rule credits them to (sample check: relative error {err:.1e})",
+            )
+            demoted += hit
+            fast = [s for s in fast if id(s.param) not in wrong]
+        return Js, f.detach(), fast, demoted, report
 
-    def _check(self, fast: list, Js: torch.Tensor, x) -> list:
+    @staticmethod
+    def _misattributed(f, wts, zs, outs, pred, size, compute_eps) -> dict:
+        """``id(z) -> error`` for the uses whose sample crediting fails."""
+        if not zs:
+            return {}
+        grads = torch.autograd.grad((f * wts).sum(), zs, allow_unused=True)
+        tol = identity_tolerance(compute_eps)
+        bad = {}
+        for (key, use), g in zip(outs.items(), grads):
+            if g is None and pred[key] is None:
+                continue
+            weighted = torch.zeros_like(pred[key]) if g is None else use.sample_rows(g)
+            if pred[key] is None:
+                err = 1.0 if bool(weighted.any()) else 0.0
+            else:
+                err = misattributed(pred[key], weighted.detach(), size[key])
+            if err > tol:
+                bad[key] = err
+        return bad
+
+    def _check(self, fast: list, Js: torch.Tensor, x, compute_eps: float) -> list:
         """Run-time verification of the fast columns; demote and warn on mismatch."""
-        bad = mismatched_tensors(self.model, fast, Js, x)
+        bad = mismatched_tensors(self.model, fast, Js, x, compute_eps)
         if not bad:
             return []
-        tol = tolerance(Js.dtype)
+        tol = tolerance(compute_eps)
         for name, err in bad.items():
             self.generic_reasons[name] = (
                 f"run-time check: relative error {err:.2e} > {tol:.0e}"
             )
         warnings.warn(
-            "fast subnetwork Jacobians disagree with torch.func for "
+            "fast subnetwork Jacobians disagree with plain autograd for "
             + ", ".join(f"{n} (relative error {e:.2e})" for n, e in bad.items())
             + f" (tolerance {tol:.0e}); these tensors now take the generic path, "
             "which is exact. Please report the model at the laplace-subnet-ext "
@@ -218,15 +299,46 @@ class SubnetJacobians:
 
     def _generic(self, slow: list, x) -> tuple[torch.Tensor, torch.Tensor]:
         n = batch_size(x, self.dict_key_x)
-        chunk = self.generic_chunk_size or _default_chunk(slow, n)
+        if self.generic_chunk_size is not None:
+            chunk = self.generic_chunk_size
+        elif self._whole_batch or self.autograd_reason is not None:
+            chunk = n
+        else:
+            chunk = _default_chunk(slow, n)
         parts_J, parts_f = [], []
         for start in range(0, n, chunk):
             xc = slice_batch(x, start, min(start + chunk, n), n)
-            Jc, fc = functional_jacobians(self.model, slow, xc)
-            _check_output(fc)
+            Jc, fc = self._generic_chunk(slow, xc)
             parts_J.append(Jc.detach())
             parts_f.append(fc.detach())
         return torch.cat(parts_J), torch.cat(parts_f)
+
+    def _generic_chunk(self, slow: list, x) -> tuple[torch.Tensor, torch.Tensor]:
+        """``torch.func``; where it cannot differentiate the model, plain autograd."""
+        if self.autograd_reason is None:
+            try:
+                Jc, fc = functional_jacobians(self.model, slow, x)
+            except RuntimeError as err:
+                self.autograd_reason = f"{type(err).__name__}: {err}"
+                logger.info(
+                    "torch.func cannot differentiate this model (%s); the generic "
+                    "path uses one backward() per (sample, output)",
+                    self.autograd_reason,
+                )
+            else:
+                _check_output(fc)
+                return Jc, fc
+        try:
+            Jc, fc = autograd_jacobians(self.model, slow, x)
+        except RuntimeError as err:
+            names = ", ".join(s.name for s in slow)
+            raise NotImplementedError(
+                f"cannot form the Jacobian of {type(self.model).__name__} w.r.t. "
+                f"{names}: torch.func failed ({self.autograd_reason}) and plain "
+                f"autograd failed ({type(err).__name__}: {err})."
+            ) from err
+        _check_output(fc)
+        return Jc, fc
 
 
 def _contract(g: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:

@@ -19,14 +19,14 @@ A rule only *proposes* uses. Whether they account for every use of the
 parameter in the forward pass is decided afterwards from the autograd graph
 (:mod:`.guard`); a parameter with an unexplained use takes the generic path.
 
-Coverage (``forward`` not overridden by a subclass):
+Coverage (``forward`` not overridden by a subclass or on the instance):
 
 ==========================  =====================================================
 ``nn.Linear``               weight, bias; input ``(n, ..., i)``
 ``nn.Conv2d``               ``groups=1``, ``padding_mode="zeros"``, numeric padding
 ``nn.BatchNorm1d/2d/3d``    eval mode with running statistics
 ``nn.LayerNorm``            weight, bias
-``nn.Embedding``            no ``max_norm``
+``nn.Embedding``            ``max_norm`` and ``scale_grad_by_freq``: see the rule
 ``nn.MultiheadAttention``   batched inputs; ``in_proj_weight`` / ``in_proj_bias``
                             for self-attention (query is key is value),
                             ``q/k/v_proj_weight`` (``kdim``/``vdim``), ``out_proj``
@@ -65,6 +65,11 @@ class Use:
         ``local -> (n, s, t)`` input-side factor, or ``None`` for ones.
     gradient : callable
         ``(dz, local) -> (n, s, t)`` output gradient at each entry's unit.
+    sample_rows : callable
+        ``dz -> (n, m)``: a tensor laid out like ``z``, samples leading, the
+        layout under which the rule credits the rows of ``z`` to samples.
+        The engine checks this crediting on every forward pass
+        (:func:`.guard.misattributed`).
     """
 
     param: torch.Tensor
@@ -73,11 +78,17 @@ class Use:
     n: int
     factor: Callable[[torch.Tensor], torch.Tensor | None]
     gradient: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    sample_rows: Callable[[torch.Tensor], torch.Tensor]
 
 
-def _bias_use(bias, z, inputs, n, gradient) -> Use:
+def _leading(n: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Samples are the leading dimension: ``(n, ...) -> (n, m)``."""
+    return lambda u: u.reshape(n, -1)
+
+
+def _bias_use(bias, z, inputs, n, gradient, sample_rows) -> Use:
     """A use whose input factor is ones (a bias): :math:`\sum_t g_{st}`."""
-    return Use(bias, z, inputs, n, lambda local: None, gradient)
+    return Use(bias, z, inputs, n, lambda local: None, gradient, sample_rows)
 
 
 def _batch_first(a: torch.Tensor, n: int) -> torch.Tensor:
@@ -100,6 +111,10 @@ def linear_uses(
     """
     rows = rows or (lambda u: _batch_first(u, n))
     A = rows(a.detach())  # (n, t, i)
+
+    def flat(u: torch.Tensor) -> torch.Tensor:
+        return rows(u).reshape(n, -1)
+
     uses = []
     if weight is not None:
         in_f = weight.shape[1]
@@ -111,6 +126,7 @@ def linear_uses(
                 n,
                 lambda local: A[:, :, local % in_f].transpose(1, 2),
                 lambda dz, local: rows(dz)[:, :, local // in_f].transpose(1, 2),
+                flat,
             )
         )
     if bias is not None:
@@ -121,6 +137,7 @@ def linear_uses(
                 (a,),
                 n,
                 lambda dz, local: rows(dz)[:, :, local].transpose(1, 2),
+                flat,
             )
         )
     return uses
@@ -185,6 +202,7 @@ class Conv2dRule(Rule):
                 n,
                 lambda local: unf[:, local % per_out, :],
                 lambda dz, local: _channels(dz)[:, local // per_out, :],
+                _leading(n),
             )
         ]
         if m.bias is not None:
@@ -195,6 +213,7 @@ class Conv2dRule(Rule):
                     (a,),
                     n,
                     lambda dz, local: _channels(dz)[:, local, :],
+                    _leading(n),
                 )
             )
         return out
@@ -250,20 +269,35 @@ def _affine_uses(m, a, output, n, xhat, rows, by_channel: bool) -> list[Use]:
                 n,
                 lambda local: pick(xhat, local),
                 lambda dz, local: pick(rows(dz), local),
+                _leading(n),
             )
         )
     if m.bias is not None:
         out.append(
-            _bias_use(m.bias, output, (a,), n, lambda dz, local: pick(rows(dz), local))
+            _bias_use(
+                m.bias,
+                output,
+                (a,),
+                n,
+                lambda dz, local: pick(rows(dz), local),
+                _leading(n),
+            )
         )
     return out
 
 
 class EmbeddingRule(Rule):
-    cls = nn.Embedding
+    """Rows looked up by the tokens.
 
-    def applies(self, module):
-        return module.max_norm is None
+    ``max_norm``: ``F.embedding`` renormalises the looked-up rows in place, under
+    ``no_grad``, before the lookup; autograd (and this rule) differentiate the
+    lookup at the renormalised values. ``scale_grad_by_freq`` rescales the
+    *training gradient* by token counts in the mini-batch; it is not a
+    derivative of the function, and this rule ignores it (the generic path and
+    the run-time check switch it off while they differentiate).
+    """
+
+    cls = nn.Embedding
 
     def uses(self, m, inputs, output):
         tokens = inputs[0]
@@ -288,6 +322,7 @@ class EmbeddingRule(Rule):
                 n,
                 factor,
                 lambda dz, local: dz.reshape(n, -1, E)[:, :, local % E].transpose(1, 2),
+                _leading(n),
             )
         ]
 
@@ -351,6 +386,8 @@ RULES: dict[type[nn.Module], Rule] = {
 def rule_for(module: nn.Module) -> Rule | None:
     """The rule serving ``module``, or None (subclass with its own ``forward``,
     uncovered configuration, or no rule)."""
+    if "forward" in vars(module):  # forward replaced on the instance
+        return None
     for cls in type(module).__mro__:
         rule = RULES.get(cls)
         if rule is not None:

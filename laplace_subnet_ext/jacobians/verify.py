@@ -1,14 +1,21 @@
-r"""Run-time check of fast Jacobian columns against ``torch.func``.
+r"""Run-time check of fast Jacobian columns against plain autograd.
 
 Index conventions: ``b`` batch, ``c`` outputs, ``s`` subnetwork parameters.
 
-One reverse pass of the unmodified model (``torch.func.vjp`` of
-``functional_call``) with random output weights :math:`v` ``(b, c)`` gives
-:math:`\sum_b v_b^\top J_b` for every touched tensor at once; the fast path gives
-the same from its columns, ``einsum("bc,bcs->s", v, Js)``. The comparison is per
-tensor, so a mismatch names the offending tensors directly. Random per-sample
-weights also catch rows attributed to the wrong sample. Cost: about one extra
-forward and backward pass of the model, once per :class:`.SubnetJacobians`.
+One reverse pass of the unmodified model (plain autograd, no capture hooks,
+:func:`.functional.autograd_vjp`) with random output weights :math:`v`
+``(b, c)`` gives :math:`\sum_b v_b^\top J_b` for every checked tensor at once;
+the fast path gives the same from its columns, ``einsum("bc,bcs->s", v, Js)``.
+The comparison is per tensor, so a mismatch names the offending tensors
+directly. Random per-sample weights also catch rows attributed to the wrong
+sample. The engine checks each tensor on its first *live* use (the first batch
+in which the forward pass reaches it); cost about one extra forward and backward
+pass of the model per batch that brings new tensors.
+
+The tolerance follows the least precise floating dtype in the forward pass
+(:attr:`.guard.GraphReport.compute_eps`): a float64 model whose normalisation
+layers upcast to float32 is compared at float32 accuracy, so an exact fast path
+is not demoted for the reference's round-off.
 
 A tensor is compared at the scale :math:`\max(\|r_l\|, \|o_l\|, \phi \cdot
 \mathrm{rms}(r) \sqrt{s_l})` with :math:`\phi = \max(10^{-3}, 10\sqrt{\epsilon})`:
@@ -24,15 +31,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from laplace_subnet_ext.jacobians.functional import autograd_vjp
 from laplace_subnet_ext.jacobians.layout import TensorSelection
 
 __all__ = ["tolerance", "mismatched_tensors"]
 
 
-def tolerance(dtype: torch.dtype) -> float:
-    """Relative tolerance of the check: ``min(0.05, 5 sqrt(eps))`` of ``dtype``
-    (float64: 7e-8, float32: 2e-3, bfloat16 / float16: 0.05)."""
-    return min(0.05, 5 * torch.finfo(dtype).eps ** 0.5)
+def tolerance(compute_eps: float) -> float:
+    """Relative tolerance of the check: ``min(0.05, 5 sqrt(eps))`` of the least
+    precise dtype of the forward pass (float64: 7e-8, float32: 2e-3, bfloat16 /
+    float16: 0.05)."""
+    return min(0.05, 5 * compute_eps**0.5)
 
 
 def mismatched_tensors(
@@ -40,9 +49,10 @@ def mismatched_tensors(
     selections: list[TensorSelection],
     Js: torch.Tensor,
     x: torch.Tensor | MutableMapping[str, Any],
+    compute_eps: float,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Names of the tensors whose columns of ``Js`` disagree with ``torch.func``.
+    """Names of the tensors whose columns of ``Js`` disagree with plain autograd.
 
     Parameters
     ----------
@@ -53,28 +63,22 @@ def mismatched_tensors(
         ``(b, c, s)`` Jacobians, all S columns.
     x : torch.Tensor or dict
         The inputs ``Js`` was computed for.
+    compute_eps : float
+        Machine epsilon of the least precise dtype of the forward pass.
 
     Returns
     -------
     dict
         ``name -> relative error`` for every tensor above :func:`tolerance`.
     """
-    params = {s.name: s.param.detach() for s in selections}
-
-    def forward(p):
-        return torch.func.functional_call(model, p, (x,), strict=False)
-
-    with torch.enable_grad():
-        f, pullback = torch.func.vjp(forward, params)
-    gen = torch.Generator(device=f.device).manual_seed(seed)
-    v = torch.randn(f.shape, dtype=f.dtype, device=f.device, generator=gen)
-    (grads,) = pullback(v)
-    tol = tolerance(f.dtype)
-    refs = [grads[s.name].detach().flatten()[s.local] for s in selections]
+    g, v, f = autograd_vjp(model, selections, x, seed=seed)
+    tol = tolerance(compute_eps)
+    sizes = [int(s.local.numel()) for s in selections]
+    refs = list(torch.split(g, sizes))
     # absolute floor: a tensor whose gradient vanishes (e.g. attention key biases,
     # zero by softmax shift-invariance) is compared at the scale of the others
-    rms = torch.cat(refs).pow(2).mean().sqrt()
-    floor_factor = max(1e-3, 10 * torch.finfo(f.dtype).eps ** 0.5)
+    rms = g.pow(2).mean().sqrt()
+    floor_factor = max(1e-3, 10 * compute_eps**0.5)
     bad = {}
     for s, ref in zip(selections, refs):
         ours = torch.einsum("bc,bcs->s", v, Js[:, :, s.positions].to(v.dtype))

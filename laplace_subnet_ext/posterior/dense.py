@@ -251,6 +251,17 @@ class DenseSubnetLaplace(
         return self._layout.indices
 
     @property
+    def jacobians(self) -> SubnetJacobians:
+        """The Jacobian engine of this subnetwork (:class:`.SubnetJacobians`)."""
+        return self._jacobians
+
+    @property
+    def generic_reasons(self) -> dict[str, str]:
+        """``tensor name -> why`` for tensors moved off the fast Jacobian path
+        (graph guard, sample check, run-time check); a copy."""
+        return dict(self._jacobians.generic_reasons)
+
+    @property
     def _cdtype(self) -> torch.dtype:
         """Curvature / factorisation dtype of the selected subnetwork."""
         return self._curvature_dtype_for(self.n_params_subnet)

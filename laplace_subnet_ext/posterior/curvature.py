@@ -29,7 +29,11 @@ def output_curvature(
 
     Built around a placeholder module, so BackPACK / ASDL never hook into the
     user's model; ``stochastic`` / ``num_samples`` are taken from ``backend_kwargs``.
+    ``likelihood="reward_modeling"`` fits as classification (laplace's rule: the
+    Bradley-Terry pairs are two-class logits); its predictive is regression.
     """
+    if likelihood == "reward_modeling":
+        likelihood = "classification"
     if issubclass(backend_cls, EFInterface):
         return EFInterface(nn.Identity(), likelihood)
     kwargs = {

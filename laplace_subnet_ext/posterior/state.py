@@ -1,4 +1,19 @@
-r"""``state_dict`` / ``load_state_dict`` of the dense subnetwork posterior."""
+r"""``state_dict`` / ``load_state_dict`` of the dense subnetwork posterior.
+
+Formats, and which loads where:
+
+* ours (:meth:`SubnetStateMixin.state_dict`): laplace's keys plus the subnetwork
+  indices, prior structure and a model signature; loads into
+  :class:`~laplace_subnet_ext.DenseSubnetLaplace` only (laplace refuses any
+  ``cls_name`` but its own);
+* laplace's ``FullSubnetLaplace.state_dict()``: loads into ours
+  (:meth:`SubnetStateMixin.load_state_dict` converts it); it does not store the
+  subnetwork, so the object must have been built with the same
+  ``subnetwork_indices``;
+* :meth:`SubnetStateMixin.laplace_state_dict`: laplace's format written by ours,
+  for ``FullSubnetLaplace.load_state_dict`` (scalar priors only: laplace's
+  ``FullSubnetLaplace`` accepts no other).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +23,9 @@ from typing import Any
 import torch
 
 __all__ = ["SubnetStateMixin"]
+
+#: the class of laplace whose states we read and write
+_LAPLACE_CLS = "FullSubnetLaplace"
 
 
 class SubnetStateMixin:
@@ -26,8 +44,69 @@ class SubnetStateMixin:
         )
         return state
 
+    def laplace_state_dict(self) -> dict[str, Any]:
+        """This posterior in the format of laplace's ``FullSubnetLaplace``.
+
+        Load it with ``FullSubnetLaplace(model, likelihood,
+        subnetwork_indices=la.subnetwork_indices).load_state_dict(...)``. H is
+        cast to the model's dtype, as laplace stores it. The prior precision must be
+        a scalar (laplace's ``FullSubnetLaplace`` accepts no layer-wise or
+        diagonal prior); under ``prior_rescaling`` it is the subnetwork's
+        :math:`\lambda S / D`, which laplace then uses as given.
+        """
+        if self.prior_precision.numel() != 1:
+            raise ValueError(
+                "laplace_state_dict needs a scalar prior precision (laplace's "
+                "FullSubnetLaplace accepts no other); got "
+                f"{self.prior_precision.numel()} entries. Use state_dict() to save "
+                "this posterior for DenseSubnetLaplace."
+            )
+        state = super().state_dict()
+        state["cls_name"] = _LAPLACE_CLS
+        state["H"] = state["H"].to(self._dtype)
+        return state
+
+    def _from_laplace_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """Our format from laplace's ``FullSubnetLaplace`` state (same subnetwork)."""
+        if self._layout is None:
+            raise ValueError(
+                "state_dict is from laplace's FullSubnetLaplace, which does not store "
+                "the subnetwork; build this object with the subnetwork_indices the "
+                "state was fitted with, then load it."
+            )
+        S = self._layout.n_subnet
+        if tuple(state_dict["H"].shape) != (S, S):
+            raise ValueError(
+                f"state_dict H has shape {tuple(state_dict['H'].shape)}; this "
+                f"object's subnetwork has S={S}. Build it with the subnetwork_indices "
+                "the state was fitted with."
+            )
+        prior = torch.as_tensor(state_dict["prior_precision"])
+        if prior.numel() == 1:
+            structure = "scalar"
+        elif prior.numel() == S:
+            structure = "diag"
+        else:
+            raise ValueError(
+                f"state_dict prior_precision has {prior.numel()} entries; expected "
+                f"1 or S={S}."
+            )
+        return {
+            **state_dict,
+            "cls_name": type(self).__name__,
+            "subnetwork_indices": self._layout.indices,
+            "prior_structure": structure,
+            "prior_rescaling": False,
+            "prior_precision_full_network": prior,
+            "n_params": int(state_dict["mean"].numel()),
+            "param_shapes": [tuple(p.shape) for p in self.params],
+        }
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; a mismatching model raises ``ValueError``."""
+        """Restore a :meth:`state_dict`, or a state of laplace's ``FullSubnetLaplace``
+        (see the module docstring); a mismatching model raises ``ValueError``."""
+        if state_dict.get("cls_name") == _LAPLACE_CLS:
+            state_dict = self._from_laplace_state(state_dict)
         if state_dict.get("cls_name") != type(self).__name__:
             raise ValueError(
                 f"state_dict is from {state_dict.get('cls_name')!r}, not "

@@ -145,8 +145,74 @@ def _shift_by_family(s: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def selection() -> str:
+    """Captured share per model and S: the recommended default, the best other
+    strategy, the old default, random, magnitude, SWAG; then the cost of each."""
+    res = _load("selection_study")
+    if res is None:
+        return ""
+    cols = [
+        "greedy_laplace",
+        "wasserstein (function_space)",
+        "wasserstein (swag)",
+        "gradient_laplace",
+        "magnitude",
+        "obd",
+        "random",
+    ]
+    lines = [
+        "Share of the full-network GLM predictive variance kept (classification: "
+        "centred logits; raw-logit share in the JSON), on 200 test inputs:",
+        "",
+        "| model (D) | S | "
+        + " | ".join(cols)
+        + " | best other | last layer | default ≥ 95 % of best |",
+        "|---|---:|" + "---:|" * len(cols) + "---|---:|---|",
+    ]
+    costs: dict[str, dict[str, float]] = {}
+    for m in res["results"]:
+        metric = m["verdicts"][0]["metric"]
+        rows = [r for r in m["rows"] if "share" in r]
+        for v in m["verdicts"]:
+            at = {r["strategy"]: r[metric] for r in rows if r["S"] == v["S"]}
+            others = {k: x for k, x in at.items() if k != "greedy_laplace"}
+            other = max(others, key=others.get)
+            ll = f"{v['last_layer_share']:.3f}" if "last_layer_share" in v else ""
+            cells = [f"{at[c]:.3f}" if c in at else "n/a" for c in cols]
+            lines.append(
+                f"| {m['model']} ({m['D']}) | {v['S']} ({v['S'] / m['D']:.1%}) | "
+                + " | ".join(cells)
+                + f" | {other} {others[other]:.3f} | {ll} | "
+                f"{'yes' if v['within_5pct_of_best'] else '**no**'} |"
+            )
+        for r in rows:
+            costs.setdefault(r["strategy"], {}).setdefault(m["model"], 0.0)
+            costs[r["strategy"]][m["model"]] = max(
+                costs[r["strategy"]][m["model"]], r["seconds"]
+            )
+    models = [m["model"] for m in res["results"]]
+    lines += [
+        "",
+        "Selection wall time, largest S (seconds, 2 cores; the reference's cost "
+        "is not included):",
+        "",
+        "| strategy | " + " | ".join(models) + " |",
+        "|---|" + "---:|" * len(models),
+    ]
+    for k, per in costs.items():
+        if k == "last layer":
+            continue
+        lines.append(
+            f"| {k} | "
+            + " | ".join(f"{per.get(mm, float('nan')):.2f}" for mm in models)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     tables = (
+        selection(),
         toy(),
         tabular(),
         tabular_paired(),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from laplace_subnet_ext import selection
 from laplace_subnet_ext._compat import register_override, unregister_override
+from laplace_subnet_ext.jacobians import register_rule
 from laplace_subnet_ext.posterior import DenseSubnetLaplace, NotFittedError
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "unregister",
     "is_registered",
     "selection",
+    "register_rule",
     "KEY",
 ]
 __version__ = "0.1.0"

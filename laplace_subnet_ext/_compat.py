@@ -1,4 +1,4 @@
-"""The only module that touches laplace-torch internals (tested on laplace-torch 0.3).
+"""laplace-torch internals we rely on, in one place (tested on laplace-torch 0.3).
 
 ``laplace.Laplace`` builds ``{cls._key: cls}`` over ``_all_subclasses(BaseLaplace)``,
 a *set*: when two classes share a key, which one wins depends on set order.
@@ -6,13 +6,94 @@ Registration therefore (1) gives our class the key and (2) wraps
 ``laplace.laplace._all_subclasses`` so that registered classes come last, i.e.
 win deterministically, while every other class keeps the order laplace gives
 it. :func:`unregister_override` restores the original function and an inert key.
+
+:data:`LAPLACE_PRIVATES` lists every private name of laplace that this package
+calls, overrides or reads (the posterior subclasses laplace's
+``FullSubnetLaplace``, so it overrides laplace's private hooks and keeps its
+private state attributes); ``tests/test_compat.py`` checks that each exists with
+the expected signature, so a laplace upgrade that changes one fails there, in
+one place. The output-Hessian privates of laplace's curvature interfaces are
+called through :func:`functional_hessian` and :func:`mc_functional_fisher` only.
 """
 
 from __future__ import annotations
 
 import laplace.laplace as _front
+import torch
 
-__all__ = ["register_override", "unregister_override", "registered_overrides"]
+__all__ = [
+    "LAPLACE_PRIVATES",
+    "functional_hessian",
+    "mc_functional_fisher",
+    "register_override",
+    "unregister_override",
+    "registered_overrides",
+]
+
+#: ``(owner, name) -> parameter names`` of a method, ``"property"``, or
+#: ``"attribute"`` (an instance attribute set by laplace's ``__init__``).
+#: Owners: ``"FullSubnetLaplace"``, ``"GGNInterface"``, ``"laplace.laplace"``.
+LAPLACE_PRIVATES: dict[tuple[str, str], tuple[str, ...] | str] = {
+    # hooks the posterior overrides (called by laplace's own methods)
+    ("FullSubnetLaplace", "_init_H"): ("self",),
+    ("FullSubnetLaplace", "_curv_closure"): ("self", "X", "y", "N"),
+    ("FullSubnetLaplace", "_check_H_init"): ("self",),
+    ("FullSubnetLaplace", "_compute_scale"): ("self",),
+    ("FullSubnetLaplace", "_glm_predictive_distribution"): (
+        "self",
+        "X",
+        "joint",
+        "diagonal_output",
+    ),
+    ("FullSubnetLaplace", "_gridsearch"): (
+        "self",
+        "loss",
+        "interval",
+        "val_loader",
+        "pred_type",
+        "link_approx",
+        "n_samples",
+        "progress_bar",
+    ),
+    # laplace methods and properties the package calls
+    ("FullSubnetLaplace", "_glm_forward_call"): (
+        "self",
+        "x",
+        "likelihood",
+        "joint",
+        "link_approx",
+        "n_samples",
+        "diagonal_output",
+    ),
+    ("FullSubnetLaplace", "_H_factor"): "property",
+    ("FullSubnetLaplace", "_device"): "property",
+    ("FullSubnetLaplace", "_dtype"): "property",
+    # state laplace's __init__ sets and its methods read
+    ("FullSubnetLaplace", "_backend"): "attribute",
+    ("FullSubnetLaplace", "_backend_cls"): "attribute",
+    ("FullSubnetLaplace", "_backend_kwargs"): "attribute",
+    ("FullSubnetLaplace", "_posterior_scale"): "attribute",
+    ("FullSubnetLaplace", "_prior_mean"): "attribute",
+    ("FullSubnetLaplace", "_prior_precision"): "attribute",
+    ("FullSubnetLaplace", "_key"): "attribute",
+    # output Hessians of the curvature interfaces
+    ("GGNInterface", "_get_functional_hessian"): ("self", "f"),
+    ("GGNInterface", "_get_mc_functional_fisher"): ("self", "f"),
+    # the front door's class discovery
+    ("laplace.laplace", "_all_subclasses"): ("cls",),
+}
+
+
+def functional_hessian(curv, f: torch.Tensor) -> torch.Tensor | None:
+    """laplace's output Hessian :math:`\\Lambda(f)` ``(b, c, k)`` of ``curv``
+    (``None`` for regression: the identity)."""
+    return curv._get_functional_hessian(f)
+
+
+def mc_functional_fisher(curv, f: torch.Tensor) -> torch.Tensor:
+    """laplace's Monte Carlo output Fisher of ``curv`` (``stochastic=True``)."""
+    return curv._get_mc_functional_fisher(f)
+
 
 _ORIGINAL = _front._all_subclasses
 _OVERRIDES: dict[tuple, type] = {}

@@ -142,3 +142,15 @@ def test_benchmarks_parse_arguments(script):
         cwd=ROOT,
     )
     assert proc.returncode == 0 and "usage" in proc.stdout
+
+
+def test_selection_study_quick(tmp_path):
+    res = run_example("selection_study", tmp_path)
+    assert [r["model"] for r in res["results"]] == ["toy regression MLP", "digits MLP"]
+    for model in res["results"]:
+        ok = [r for r in model["rows"] if "share" in r]
+        assert {r["strategy"] for r in ok} >= {"greedy_laplace", "random", "last layer"}
+        assert all(0 <= r["share"] <= 1 + 1e-9 for r in ok)
+        assert model["verdicts"] and all(
+            math.isfinite(v["best_share"]) for v in model["verdicts"]
+        )

@@ -353,3 +353,57 @@ def test_not_fitted_is_runtime_and_attribute_error():
         _ = la.posterior_precision
     with pytest.raises(AttributeError):
         la.state_dict()
+
+
+# ------------------------------------------------------------------- aliasing
+GETTERS = [
+    "posterior_covariance",
+    "posterior_scale",
+    "posterior_precision",
+    "prior_precision",
+    "prior_precision_diag",
+    "mean",
+    "mean_subnet",
+    "H",
+    "subnetwork_indices",
+    "log_det_posterior_precision",
+    "log_det_ratio",
+    "scatter",
+    "prior_mean",
+]
+
+
+@pytest.mark.parametrize("eig", [False, True], ids=["cholesky", "eigen"])
+@pytest.mark.parametrize("first", ["posterior_covariance", "posterior_scale"])
+def test_public_getters_are_not_changed_by_later_calls(first, eig):
+    """Every tensor handed out stays as it was through every later call (the
+    covariance used to be the factor buffer, overwritten by sample())."""
+    dl = loader("classification")
+    X = dl.dataset.tensors[0]
+    la = make()
+    la.fit(dl)
+    if eig:
+        la.eigendecompose()
+    getattr(la, first)
+    held = {n: getattr(la, n) for n in GETTERS}
+    copies = {n: v.clone() for n, v in held.items()}
+    la.sample(5)
+    _ = la.posterior_scale, la.posterior_covariance
+    la(X)
+    la.functional_variance(la.jacobians(X)[0])
+    la.log_marginal_likelihood()
+    la.sample(3)
+    for n, v in held.items():
+        assert torch.equal(v, copies[n]), f"{n} changed by a later call"
+    # and the handed-out tensors are the posterior's values
+    assert_close(held["posterior_covariance"], torch.linalg.inv(la.posterior_precision))
+    C = held["posterior_scale"]
+    assert_close(C @ C.T, held["posterior_covariance"])
+
+
+def test_buffer_on_request_shares_memory():
+    la = make()
+    la.fit(loader("classification"))
+    buf = la.get_posterior_covariance(copy=False)
+    assert buf.data_ptr() == la.get_posterior_covariance(copy=False).data_ptr()
+    assert la.posterior_covariance.data_ptr() != buf.data_ptr()

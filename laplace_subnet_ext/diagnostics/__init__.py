@@ -1,12 +1,38 @@
-"""Diagnostics of a fitted subnetwork posterior: where the prior puts you.
+"""Diagnostics: where the prior puts you, and what a subnetwork keeps.
 
 :func:`prior_sweep` tabulates clean and shifted metrics along the prior
 precision (O(S^2) per value after one eigendecomposition), with the
 marginal-likelihood and validation-grid choices marked; :func:`plot_prior_sweep`
 draws it (needs matplotlib).
+
+:class:`FullNetworkReference` measures the share of the full network's GLM
+predictive variance a subnetwork keeps (and the Wasserstein distance between the
+two predictives), exactly; :func:`estimate_full_variance` estimates the
+denominator matrix-free; :func:`selection_quality` and
+:func:`plot_selection_quality` compare strategies along S.
 """
 
+from laplace_subnet_ext.diagnostics.capture import (
+    CaptureResult,
+    FullNetworkReference,
+    estimate_full_variance,
+    gaussian_w2,
+)
 from laplace_subnet_ext.diagnostics.plot import plot_prior_sweep
+from laplace_subnet_ext.diagnostics.quality import (
+    plot_selection_quality,
+    selection_quality,
+)
 from laplace_subnet_ext.diagnostics.sweep import PriorSweep, prior_sweep
 
-__all__ = ["PriorSweep", "prior_sweep", "plot_prior_sweep"]
+__all__ = [
+    "PriorSweep",
+    "prior_sweep",
+    "plot_prior_sweep",
+    "CaptureResult",
+    "FullNetworkReference",
+    "estimate_full_variance",
+    "gaussian_w2",
+    "selection_quality",
+    "plot_selection_quality",
+]

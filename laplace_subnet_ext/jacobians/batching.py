@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["batch_size", "slice_batch", "to_device"]
+__all__ = ["batch_size", "slice_batch", "split_batch", "to_device"]
 
 
 def batch_size(x: torch.Tensor | MutableMapping[str, Any], dict_key_x: str) -> int:
@@ -46,3 +46,16 @@ def to_device(
             for k, v in x.items()
         }
     return x.to(device)
+
+
+def split_batch(data: Any, dict_key_y: str = "labels") -> tuple[Any, Any]:
+    """``(X, y)`` of one batch from a loader: a ``(X, y, ...)`` tuple / list, or a
+    dict-like batch (Hugging Face) whose targets are ``data[dict_key_y]``."""
+    if isinstance(data, MutableMapping):
+        return data, data.get(dict_key_y)
+    if isinstance(data, tuple | list) and len(data) >= 2:
+        return data[0], data[1]
+    raise TypeError(
+        "a batch must be an (X, y) tuple / list or a dict with the key "
+        f"dict_key_y={dict_key_y!r}; got {type(data).__name__}."
+    )

@@ -42,7 +42,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Use", "Rule", "RULES", "rule_for", "is_fast", "linear_uses"]
+__all__ = [
+    "Use",
+    "Rule",
+    "RULES",
+    "covered_modules",
+    "register_rule",
+    "unregister_rule",
+    "rule_for",
+    "is_fast",
+    "linear_uses",
+]
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -381,6 +391,69 @@ RULES: dict[type[nn.Module], Rule] = {
     nn.MultiheadAttention: MultiheadAttentionRule(),
     **{cls: BatchNormRule() for cls in _BATCHNORMS},
 }
+
+
+_BUILTIN = dict(RULES)
+
+
+def register_rule(
+    module_type: type[nn.Module], rule: Rule, *, overwrite: bool = False
+) -> None:
+    """Serve ``module_type`` (its exact ``forward``) with the fast ``rule``.
+
+    A registered rule is held to the same proofs as the built-in ones: every
+    edge of the parameter must lie in a recorded use (graph guard), every row
+    must reach only the sample it is credited to (sample check), and the first
+    live use is compared with plain autograd (run-time check); a wrong rule
+    therefore demotes its tensors to the generic path, it never changes H.
+
+    Raises
+    ------
+    TypeError
+        ``module_type`` is not an ``nn.Module`` subclass or ``rule`` not a
+        :class:`Rule` instance.
+    ValueError
+        ``module_type`` already has a rule and ``overwrite`` is False.
+    """
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise TypeError(
+            f"module_type must be an nn.Module subclass; got {module_type!r}."
+        )
+    if not isinstance(rule, Rule):
+        raise TypeError(
+            "rule must be an instance of laplace_subnet_ext.jacobians.Rule (with "
+            f"uses() implemented); got {type(rule).__name__}."
+        )
+    if module_type in RULES and not overwrite:
+        raise ValueError(
+            f"{module_type.__name__} already has the rule "
+            f"{type(RULES[module_type]).__name__}; pass overwrite=True to replace it. "
+            f"Covered: {', '.join(covered_modules())}."
+        )
+    RULES[module_type] = rule
+
+
+def unregister_rule(module_type: type[nn.Module]) -> None:
+    """Remove a registered rule; a built-in rule that was overwritten comes back."""
+    if module_type not in RULES:
+        raise ValueError(
+            f"{getattr(module_type, '__name__', module_type)} has no rule; covered: "
+            f"{', '.join(covered_modules())}."
+        )
+    if module_type in _BUILTIN:
+        RULES[module_type] = _BUILTIN[module_type]
+    else:
+        del RULES[module_type]
+
+
+def covered_modules() -> list[str]:
+    """Names of the module types with a fast rule (the one list README checks)."""
+    return sorted(
+        f"nn.{cls.__name__}"
+        if cls.__module__.startswith("torch.nn.")
+        else f"{cls.__module__}.{cls.__name__}"
+        for cls in RULES
+    )
 
 
 def rule_for(module: nn.Module) -> Rule | None:

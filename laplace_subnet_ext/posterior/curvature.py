@@ -19,7 +19,9 @@ import torch
 from laplace.curvature import EFInterface, GGNInterface
 from torch import nn
 
-__all__ = ["output_curvature", "add_batch_curvature"]
+from laplace_subnet_ext._compat import functional_hessian, mc_functional_fisher
+
+__all__ = ["output_curvature", "output_hessian", "add_batch_curvature"]
 
 
 def output_curvature(
@@ -40,6 +42,20 @@ def output_curvature(
         k: v for k, v in backend_kwargs.items() if k in ("stochastic", "num_samples")
     }
     return GGNInterface(nn.Identity(), likelihood, **kwargs)
+
+
+def output_hessian(f: torch.Tensor, likelihood: str) -> torch.Tensor | None:
+    r"""The GGN's output Hessian :math:`\Lambda_b` of one batch, ``(b, c, k)``.
+
+    Classification (and reward modeling's fit): the softmax Hessian
+    :math:`\operatorname{diag}(p_b) - p_b p_b^\top` of the cross-entropy;
+    regression: ``None``, meaning the identity (laplace's GGN; the factor
+    :math:`1/\sigma^2` is applied with the prior).
+    """
+    if likelihood == "regression":
+        return None
+    p = torch.softmax(f, dim=-1)
+    return torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
 
 
 def add_batch_curvature(
@@ -79,9 +95,9 @@ def add_batch_curvature(
         B, alpha = A, float(curv.factor)
     else:
         Lam = (
-            curv._get_mc_functional_fisher(f)
+            mc_functional_fisher(curv, f)
             if curv.stochastic
-            else curv._get_functional_hessian(f)
+            else functional_hessian(curv, f)
         )
         A = Js.reshape(-1, S)
         if Lam is None:  # regression: exact GGN with identity output Hessian

@@ -204,7 +204,7 @@ class DenseSubnetLaplace(
             raise ValueError(
                 "curvature_dtype must be torch.float32 or torch.float64; got "
                 f"{curvature_dtype}. torch.linalg cannot factorise half-precision "
-                "matrices; leave it None (float32 for bfloat16/float16 models)."
+                "matrices; leave it None (float64 up to S = 10,000, float32 above)."
             )
         if marglik_method not in ("auto", "exact", "slq"):
             raise ValueError(

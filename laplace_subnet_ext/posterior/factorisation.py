@@ -141,26 +141,52 @@ class FactorisationMixin(InPlaceFactorMixin):
         else:
             self._factor("cov_sqrt")
 
-    @property
-    def posterior_scale(self) -> torch.Tensor:
-        r"""``(s, t)`` square root :math:`C` of the covariance, :math:`CC^\top = \Sigma`
-        (lower triangular unless the eigendecomposition path is used). Shares
-        memory with the cached factor: do not modify it in place."""
+    def _scale_buffer(self) -> torch.Tensor:
+        """The object's own square root (the factor buffer or the eigen scale)."""
         if self._uses_eig:
             if not isinstance(self._posterior_scale, torch.Tensor):
                 self._compute_scale()
             return self._posterior_scale
         return self._factor("cov_sqrt")
 
+    def _handed_out(self, buf: torch.Tensor, copy: bool, what: str) -> torch.Tensor:
+        if not copy:
+            return buf
+        self._check_fits(1, f"a copy of the {what} (pass copy=False for the buffer)")
+        return buf.clone()
+
+    def get_posterior_scale(self, copy: bool = True) -> torch.Tensor:
+        r"""``(s, t)`` square root :math:`C` of the covariance, :math:`CC^\top = \Sigma`
+        (lower triangular unless the eigendecomposition path is used).
+
+        ``copy=True`` (default, and :attr:`posterior_scale`): a new tensor that no
+        later call changes (one more S x S matrix, checked against free memory).
+        ``copy=False``: the object's own buffer, no extra memory; the next call
+        that needs another factorisation (``sample``, a predictive, a prior or
+        noise change, ``fit``) overwrites it in place.
+        """
+        return self._handed_out(self._scale_buffer(), copy, "covariance square root")
+
+    def get_posterior_covariance(self, copy: bool = True) -> torch.Tensor:
+        r"""``(s, t)`` :math:`\Sigma = P^{-1}`, computed in place of the factor.
+
+        ``copy`` as in :meth:`get_posterior_scale`: by default a new tensor that
+        later calls do not change; ``copy=False`` hands out the buffer itself.
+        """
+        if self._uses_eig:  # a product: already a new tensor
+            scale = self._scale_buffer()
+            return scale @ scale.T
+        return self._handed_out(self._factor("cov"), copy, "covariance")
+
+    @property
+    def posterior_scale(self) -> torch.Tensor:
+        """``get_posterior_scale()``: a new tensor, never changed by later calls."""
+        return self.get_posterior_scale()
+
     @property
     def posterior_covariance(self) -> torch.Tensor:
-        r"""``(s, t)`` :math:`\Sigma = P^{-1}`, computed in place of the factor (no
-        third S x S matrix). Shares memory with the cached factor: do not modify
-        it in place; clone it to keep it across a change of prior."""
-        if self._uses_eig:
-            scale = self.posterior_scale
-            return scale @ scale.T
-        return self._factor("cov")
+        """``get_posterior_covariance()``: a new tensor, never changed by later calls."""
+        return self.get_posterior_covariance()
 
     @property
     def log_det_posterior_precision(self) -> torch.Tensor:
@@ -206,7 +232,7 @@ class FactorisationMixin(InPlaceFactorMixin):
         if L is not None:  # theta = mu + L^{-T} z
             d = torch.linalg.solve_triangular(L.mT, z.T, upper=True).T
             return self.assemble_full_samples(self.mean_subnet + d.to(self._dtype))
-        d = z @ self.posterior_scale.T
+        d = z @ self._scale_buffer().T
         return self.assemble_full_samples(self.mean_subnet + d.to(self._dtype))
 
     def _floored_posterior_eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,7 +275,7 @@ class FactorisationMixin(InPlaceFactorMixin):
         b, c, s = Js.shape
         Js = Js.to(self._cdtype)
         if self._uses_eig:
-            JL = Js.reshape(b * c, s) @ self.posterior_scale
+            JL = Js.reshape(b * c, s) @ self._scale_buffer()
             return (JL @ JL.T).to(self._dtype)
         A, B = self._whitened(Js)
         return (A.reshape(b * c, s) @ B.reshape(b * c, s).T).to(self._dtype)

@@ -26,7 +26,6 @@ __all__ = [
     "eig_logdet",
     "eig_scale",
     "eig_functional_variance",
-    "chol_functional_variance",
     "floored_eigh",
 ]
 
@@ -178,12 +177,6 @@ def eig_functional_variance(
     """
     w = 1.0 / (h_factor * g + prior_prec)
     return torch.einsum("bcs,s,bks->bck", JV, w, JV)
-
-
-def chol_functional_variance(Js: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    r""":math:`(J_S L)(J_S L)^\top` for a covariance square root ``scale`` ``(s, t)``."""
-    JL = Js @ scale
-    return JL @ JL.transpose(-1, -2)
 
 
 def floored_eigh(

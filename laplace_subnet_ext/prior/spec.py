@@ -25,8 +25,6 @@ from laplace_subnet_ext.jacobians.layout import SubnetLayout
 
 __all__ = ["as_prior_tensor", "restrict_prior_precision", "restrict_prior_mean"]
 
-STRUCTURES = ("scalar", "layerwise", "diag")
-
 
 def as_prior_tensor(
     value: float | torch.Tensor, argument: str, device, dtype

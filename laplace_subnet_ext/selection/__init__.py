@@ -8,6 +8,7 @@ from laplace_subnet_ext.selection.base import ScoreSubnetMask, resolve_n_params_
 from laplace_subnet_ext.selection.registry import available, get, register
 from laplace_subnet_ext.selection.scores import (
     GradientEnergyMask,
+    GradientLaplaceMask,
     MagnitudeMask,
     OBDMask,
     RandomMask,
@@ -24,6 +25,7 @@ __all__ = [
     "MagnitudeMask",
     "OBDMask",
     "GradientEnergyMask",
+    "GradientLaplaceMask",
     "WassersteinSubnetMask",
     "VARIANCES",
 ]
@@ -39,3 +41,7 @@ __all__ += ["NameMask", "LastLayerMask", "StructuredMask"]
 from laplace_subnet_ext.selection.sizing import subnet_size_curve  # noqa: E402
 
 __all__ += ["subnet_size_curve"]
+
+from laplace_subnet_ext.selection.greedy import GreedyLaplaceMask  # noqa: E402
+
+__all__ += ["GreedyLaplaceMask"]

@@ -8,6 +8,13 @@ expects one, and laplace's masks work wherever ours do.
 ``memory_budget=`` (bytes or "4GB"): the largest S whose dense posterior fits.
 ``min_per_layer`` guarantees every parameter tensor a share of S.
 
+Zero curvature: a weight whose output gradient vanishes on every training input
+(a dead ReLU unit's weights, a LoRA factor multiplied by a zero partner) has no
+curvature, so its posterior is the prior and it cannot change a prediction.
+Every :class:`ScoreSubnetMask` drops such weights before choosing
+(``filter_zero_curvature=True``), records how many in ``n_zero_curvature`` and
+logs it; asking for more weights than have curvature is a ``ValueError``.
+
 Index space: the parameters that require grad, in ``model.parameters()`` order -
 the vector laplace's posteriors (``BaseLaplace.params``) and
 :class:`~laplace_subnet_ext.DenseSubnetLaplace` index. laplace's own
@@ -18,6 +25,8 @@ fixes that for every strategy here.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from laplace.utils.subnetmask import SubnetMask
 from torch import nn
@@ -25,6 +34,9 @@ from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader
 
 from laplace_subnet_ext.posterior.memory import largest_subnet, parse_bytes
+from laplace_subnet_ext.selection.variance import blocked_diag_curvature
+
+logger = logging.getLogger("laplace_subnet_ext")
 
 __all__ = [
     "ScoreSubnetMask",
@@ -107,6 +119,16 @@ class ScoreSubnetMask(TrainableSubnetMask):
     min_per_layer : float, default=0
         Fraction of S reserved, split evenly, for every parameter tensor
         (each tensor first gets its top ``floor(min_per_layer*S/L)`` weights).
+    filter_zero_curvature : bool, default=True
+        Drop weights with zero curvature on the training data (see the module
+        docstring); needs ``train_loader`` in :meth:`select`.
+
+    Attributes
+    ----------
+    scores : torch.Tensor
+        ``(p,)`` scores of the last :meth:`select` (before dropping zero curvature).
+    n_zero_curvature : int
+        Weights dropped for zero curvature by the last :meth:`select`.
     """
 
     def __init__(
@@ -116,6 +138,7 @@ class ScoreSubnetMask(TrainableSubnetMask):
         *,
         memory_budget: int | str | None = None,
         min_per_layer: float = 0.0,
+        filter_zero_curvature: bool = True,
     ) -> None:
         super().__init__(model)
         self._n_params_subnet = resolve_n_params_subnet(
@@ -124,7 +147,50 @@ class ScoreSubnetMask(TrainableSubnetMask):
         if not 0 <= min_per_layer < 1:
             raise ValueError(f"min_per_layer must lie in [0, 1); got {min_per_layer}.")
         self.min_per_layer = min_per_layer
+        self.filter_zero_curvature = filter_zero_curvature
         self.scores: torch.Tensor | None = None
+        self.n_zero_curvature = 0
+        self._curvature: torch.Tensor | None = None
+
+    def curvature_diagonal(self, train_loader: DataLoader) -> torch.Tensor:
+        r"""``(p,)`` diagonal curvature on the training data, computed once.
+
+        Here the output-gradient energy :math:`\sum_n \sum_k (\partial f_k(x_n) /
+        \partial\theta_d)^2` (the GGN diagonal with an identity output Hessian);
+        strategies that know the likelihood use its GGN diagonal.
+        """
+        if self._curvature is None:
+            self._curvature = self._compute_curvature_diagonal(train_loader)
+        return self._curvature
+
+    def _compute_curvature_diagonal(self, train_loader: DataLoader) -> torch.Tensor:
+        return blocked_diag_curvature(self.model, "regression", train_loader)
+
+    def _drop_zero_curvature(
+        self, scores: torch.Tensor, train_loader: DataLoader | None
+    ) -> torch.Tensor:
+        if not self.filter_zero_curvature or train_loader is None:
+            return scores
+        h = self.curvature_diagonal(train_loader).to(scores.device)
+        zero = h <= torch.finfo(h.dtype).eps * h.abs().max()
+        self.n_zero_curvature = int(zero.sum())
+        if not self.n_zero_curvature:
+            return scores
+        kept = self._n_params - self.n_zero_curvature
+        logger.info(
+            "%s: dropped %d of %d weights with zero curvature on the training data",
+            type(self).__name__,
+            self.n_zero_curvature,
+            self._n_params,
+        )
+        if self._n_params_subnet > kept:
+            raise ValueError(
+                f"n_params_subnet={self._n_params_subnet} exceeds the {kept} weights "
+                f"with nonzero curvature on the training data ({self.n_zero_curvature} "
+                "of D have none: their posterior is the prior). Select at most "
+                f"{kept} weights, or pass filter_zero_curvature=False to keep them."
+            )
+        return scores.masked_fill(zero, float("-inf"))
 
     def compute_param_scores(self, train_loader: DataLoader | None) -> torch.Tensor:
         """``(p,)`` score of every weight; larger is kept first."""
@@ -138,6 +204,7 @@ class ScoreSubnetMask(TrainableSubnetMask):
                 f"{scores.numel()}."
             )
         self.scores = scores
+        scores = self._drop_zero_curvature(scores, train_loader)
         S = self._n_params_subnet
         chosen = torch.zeros(self._n_params, dtype=torch.bool, device=scores.device)
         if self.min_per_layer > 0:
@@ -146,9 +213,10 @@ class ScoreSubnetMask(TrainableSubnetMask):
             for start, size in zip(
                 torch.tensor([0] + sizes).cumsum(0)[:-1].tolist(), sizes
             ):
-                k = min(quota, size)
+                block = scores[start : start + size]
+                k = min(quota, int((block > float("-inf")).sum()))
                 if k > 0:
-                    top = scores[start : start + size].topk(k).indices + start
+                    top = block.topk(k).indices + start
                     chosen[top] = True
         rest = S - int(chosen.sum())
         if rest > 0:

@@ -1,4 +1,5 @@
-r"""Simple score-based strategies: random, magnitude, OBD saliency, gradient energy.
+r"""Simple score-based strategies: random, magnitude, OBD saliency, gradient energy,
+Gradient-Laplace.
 
 Index conventions: ``p`` all parameters, ``b`` batch.
 """
@@ -17,6 +18,7 @@ __all__ = [
     "MagnitudeMask",
     "OBDMask",
     "GradientEnergyMask",
+    "GradientLaplaceMask",
 ]
 
 
@@ -52,6 +54,9 @@ class _DataScoreMask(ScoreSubnetMask):
         super().__init__(model, n_params_subnet, **kw)
         self.likelihood = likelihood
 
+    def _compute_curvature_diagonal(self, train_loader) -> torch.Tensor:
+        return diag_curvature(self.model, self.likelihood, train_loader)
+
 
 @register("obd")
 class OBDMask(_DataScoreMask):
@@ -59,7 +64,7 @@ class OBDMask(_DataScoreMask):
     with :math:`H_{dd}` the diagonal GGN on the training data."""
 
     def compute_param_scores(self, train_loader) -> torch.Tensor:
-        h = diag_curvature(self.model, self.likelihood, train_loader)
+        h = self.curvature_diagonal(train_loader)
         return 0.5 * self.parameter_vector**2 * h
 
 
@@ -70,3 +75,22 @@ class GradientEnergyMask(_DataScoreMask):
 
     def compute_param_scores(self, train_loader) -> torch.Tensor:
         return diag_curvature(self.model, self.likelihood, train_loader, kind="ef")
+
+
+@register("gradient_laplace")
+class GradientLaplaceMask(ScoreSubnetMask):
+    r"""Gradient-Laplace (Raha, Khare & Patra, 2026): the largest mean squared
+    output gradient :math:`\tfrac1N \sum_n \sum_k (\partial f_k(x_n)/\partial
+    \theta_d)^2` on the training data.
+
+    Each weight's own contribution to the predictive variance, up to its
+    posterior variance; no likelihood needed. Costs one pass over the data per
+    block of weights (:func:`~laplace_subnet_ext.selection.variance.blocked_diag_curvature`).
+    """
+
+    def compute_param_scores(self, train_loader) -> torch.Tensor:
+        if train_loader is None:
+            raise ValueError(
+                "GradientLaplaceMask needs train_loader in select(train_loader)."
+            )
+        return self.curvature_diagonal(train_loader) / len(train_loader.dataset)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Mapping
 
 import torch
 from laplace import DiagLaplace, FullLaplace, KronLaplace
@@ -25,7 +24,12 @@ from torch import nn
 from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader
 
+from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
+from laplace_subnet_ext.jacobians.batching import batch_size, split_batch
+from laplace_subnet_ext.posterior.curvature import output_curvature, output_hessian
+
 __all__ = [
+    "backpack_applies",
     "blocked_diag_curvature",
     "diag_curvature",
     "laplace_variance",
@@ -33,26 +37,78 @@ __all__ = [
 ]
 
 
+#: module types BackPACK's diagonal GGN / EF extensions derive exactly
+_BACKPACK_MODULES = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.ReLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.ELU,
+    nn.SELU,
+    nn.LeakyReLU,
+    nn.LogSigmoid,
+    nn.Dropout,
+    nn.Flatten,
+    nn.Identity,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.ZeroPad2d,
+)
+
+
+def backpack_applies(model: nn.Module) -> bool:
+    """Whether BackPACK's diagonal extensions are exact for ``model``: an
+    ``nn.Sequential`` (of ``nn.Sequential``s) of the layer types it derives, with
+    their own ``forward`` (BackPACK backpropagates through modules, so an
+    operation outside a module would be missed), every parameter trainable
+    (laplace's BackPACK backend refuses frozen ones), and no hooks already on it
+    (BackPACK's own full backward hooks cannot be added beside them)."""
+    if type(model) is not nn.Sequential:
+        return False
+    if not all(p.requires_grad for p in model.parameters()):
+        return False  # laplace's BackPACK backend refuses frozen tensors
+    for m in model.modules():
+        # a regular backward hook, even one since removed, bars full ones
+        if m._backward_hooks or m._forward_hooks or m._is_full_backward_hook is False:
+            return False
+    for m in model.children():
+        if type(m) is nn.Sequential:
+            if not backpack_applies(m):
+                return False
+        elif type(m) not in _BACKPACK_MODULES or "forward" in vars(m):
+            return False
+    return True
+
+
 def diag_curvature(
     model: nn.Module, likelihood: str, train_loader: DataLoader, kind: str = "ggn"
 ) -> torch.Tensor:
     """``(p,)`` diagonal of the GGN (``kind="ggn"``) or empirical Fisher (``"ef"``).
 
-    Uses laplace's BackPACK backend (fast, exact diagonal) on a copy of the model,
-    so BackPACK's hooks never touch the caller's model. Models BackPACK cannot
-    handle (non-sequential containers, attention, Hugging Face models) fall back to
-    :func:`blocked_diag_curvature`, exact and memory-bounded.
+    Where :func:`backpack_applies`, laplace's BackPACK backend on a copy of the
+    model (fast; BackPACK's hooks never touch the caller's model); otherwise
+    :func:`blocked_diag_curvature`, exact and memory-bounded. The route is
+    decided from the model, not by catching errors.
     """
-    backend = BackPackGGN if kind == "ggn" else BackPackEF
-    try:
-        la = DiagLaplace(copy.deepcopy(model), likelihood, backend=backend)
-        with warnings.catch_warnings():
-            # BackPACK's hooks on the copy; harmless, and not the user's model
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            la.fit(train_loader)
-        return la.H.detach()
-    except (NotImplementedError, RuntimeError, TypeError, ValueError, AttributeError):
+    if not backpack_applies(model):
         return blocked_diag_curvature(model, likelihood, train_loader, kind)
+    backend = BackPackGGN if kind == "ggn" else BackPackEF
+    la = DiagLaplace(copy.deepcopy(model), likelihood, backend=backend)
+    with warnings.catch_warnings():
+        # BackPACK's hooks on the copy; harmless, and not the user's model
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        la.fit(train_loader)
+    return la.H.detach()
 
 
 def blocked_diag_curvature(
@@ -72,23 +128,15 @@ def blocked_diag_curvature(
     :math:`\text{factor} \sum_b g_b^2` with :math:`g_b = J_b^\top \partial\ell/\partial f_b`
     (EF), the conventions of laplace's backends (:mod:`laplace_subnet_ext.posterior.curvature`).
     """
-    from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
-    from laplace_subnet_ext.jacobians.batching import batch_size
-    from laplace_subnet_ext.posterior.curvature import output_curvature
-    from laplace_subnet_ext.selection.base import trainable
-
     curv = output_curvature(
         BackPackGGN if kind == "ggn" else BackPackEF, {}, likelihood
     )
 
     def batches():
         for data in train_loader:
-            if isinstance(data, Mapping):
-                yield data, data[dict_key_y]
-            else:
-                yield data[0], data[1]
+            yield split_batch(data, dict_key_y)
 
-    params = trainable(model)
+    params = [p for p in model.parameters() if p.requires_grad]
     D = sum(p.numel() for p in params)
     X0, _ = next(iter(batches()))
     with torch.no_grad():
@@ -110,7 +158,7 @@ def blocked_diag_curvature(
                 g = torch.einsum("bcs,bc->bs", Js, r)
                 diag[idx] += curv.factor * g.pow(2).sum(0)
                 continue
-            Lam = curv._get_functional_hessian(f)
+            Lam = output_hessian(f, likelihood)
             diag[idx] += (
                 Js.pow(2).sum((0, 1))
                 if Lam is None
@@ -150,9 +198,11 @@ def swag_variance(
     lr: float = 0.01,
     weight_decay: float = 3e-4,
     momentum: float = 0.9,
+    dict_key_y: str = "labels",
 ) -> torch.Tensor:
     """``(p,)`` diagonal SWAG variance of the trainable parameters; ``model`` is
-    left exactly as given."""
+    left exactly as given. Batches are ``(X, y)`` tuples or dicts (targets under
+    ``dict_key_y``)."""
     work = copy.deepcopy(model)
     work.train()
     params = [p for p in work.parameters() if p.requires_grad]
@@ -164,7 +214,8 @@ def swag_variance(
     m2 = torch.zeros_like(mean)
     count = 0
     for _ in range(n_epochs):
-        for i, (X, y) in enumerate(train_loader):
+        for i, batch in enumerate(train_loader):
+            X, y = split_batch(batch, dict_key_y)
             opt.zero_grad()
             loss_fn(work(X), y).backward()
             opt.step()

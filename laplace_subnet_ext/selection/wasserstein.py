@@ -7,7 +7,8 @@ the S weights with the largest marginal variance :math:`\sigma_d^2`.
 Taken literally this picks prior-dominated weights on ReLU nets (dead units have
 zero curvature, hence the largest variance, yet do not move the output). So:
 
-* ``diag_laplace`` excludes zero-curvature weights (``n_excluded`` reports how many);
+* zero-curvature weights are excluded for every variance (``n_excluded`` reports
+  how many);
 * ``function_space`` (default) weighs each variance by the weight's effect on the
   outputs, :math:`\sigma_d^2 \cdot \overline{J_d^2}` with
   :math:`\overline{J_d^2} = H_{dd}/N` the per-datum diagonal GGN, i.e. its share of
@@ -62,7 +63,8 @@ class WassersteinSubnetMask(ScoreSubnetMask):
     retained_variance_fraction : float
         Share of the total estimated variance kept by the chosen S.
     n_excluded : int
-        Weights excluded for zero curvature (``diag_laplace``).
+        Weights excluded for zero curvature (every variance; see
+        :class:`~laplace_subnet_ext.selection.ScoreSubnetMask`).
     """
 
     def __init__(
@@ -94,7 +96,6 @@ class WassersteinSubnetMask(ScoreSubnetMask):
         self.sigma_noise = sigma_noise
         self.swag_kwargs = dict(swag_kwargs or {})
         self.variances: torch.Tensor | None = None
-        self.n_excluded = 0
         self.retained_variance_fraction: float | None = None
 
     def compute_param_scores(self, train_loader) -> torch.Tensor:
@@ -119,15 +120,22 @@ class WassersteinSubnetMask(ScoreSubnetMask):
             )
             score = var.clone()
         else:
-            h = diag_curvature(self.model, self.likelihood, train_loader)
+            h = self.curvature_diagonal(train_loader)
             var = 1.0 / (h / self.sigma_noise**2 + self.prior_precision)
             if v == "diag_laplace":
-                score = var.masked_fill(h <= 0, float("-inf"))
-                self.n_excluded = int((h <= 0).sum())
+                score = var.clone()  # zero-curvature weights dropped by the base
             else:  # function_space
                 score = var * h / len(train_loader.dataset)
         self.variances = var
         return score
+
+    def _compute_curvature_diagonal(self, train_loader) -> torch.Tensor:
+        return diag_curvature(self.model, self.likelihood, train_loader)
+
+    @property
+    def n_excluded(self) -> int:
+        """Weights excluded for zero curvature (alias of ``n_zero_curvature``)."""
+        return self.n_zero_curvature
 
     def get_subnet_mask(self, train_loader) -> torch.Tensor:
         chosen = super().get_subnet_mask(train_loader)

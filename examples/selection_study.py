@@ -1,0 +1,399 @@
+"""Which S weights? Every strategy measured against the exact full-network Laplace.
+
+For five models at their MAP - the paper's toy regression MLP (2,701 weights), a
+digits MLP 64-40-40-10 (4,650), a digits CNN, a transformer encoder on digit rows
+as tokens, and a Hugging Face BERT whose LoRA adapter (plus head) is the weight
+space - we build the exact full-network GGN Laplace over all D trainable weights
+(our own Jacobians; prior precision by the full network's marginal likelihood),
+then for each selection strategy and S = 0.3 %, 1 %, 3 %, 10 % of D (and S = the
+last layer's size) measure the share of the full GLM predictive variance the
+subnetwork keeps on 200 test inputs (:mod:`laplace_subnet_ext.diagnostics`),
+the mean 2-Wasserstein distance between the two predictives and the wall time of
+the selection.
+
+    python examples/selection_study.py            # all five models (about 20 min)
+    python examples/selection_study.py --quick    # two tiny models, few strategies
+
+Writes examples/results/selection_study.json and selection_study.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+import laplace_subnet_ext  # noqa: F401  (registers the plugin)
+from laplace_subnet_ext.diagnostics import (
+    FullNetworkReference,
+    plot_selection_quality,
+    selection_quality,
+)
+
+RESULTS = Path(__file__).parent / "results"
+FRACTIONS = (0.003, 0.01, 0.03, 0.1)
+STRATEGIES = {
+    "wasserstein (function_space)": "wasserstein",
+    "wasserstein (diag_laplace)": "wasserstein",
+    "wasserstein (swag)": "wasserstein",
+    "wasserstein (kfac)": "wasserstein",
+    "gradient_laplace": "gradient_laplace",
+    "greedy_laplace": "greedy_laplace",
+    "obd": "obd",
+    "gradient_energy": "gradient_energy",
+    "magnitude": "magnitude",
+    "random": "random",
+}
+KWARGS = {
+    "wasserstein (diag_laplace)": {"variance": "diag_laplace"},
+    "wasserstein (swag)": {
+        "variance": "swag",
+        "swag_kwargs": {"n_epochs": 10, "n_snapshots_per_epoch": 4, "lr": 1e-3},
+    },
+    "wasserstein (kfac)": {"variance": "kfac"},
+}
+QUICK = ("wasserstein (function_space)", "greedy_laplace", "gradient_laplace", "random")
+#: the strategy README recommends (measured against the bar of issue 18)
+DEFAULT = "greedy_laplace"
+
+
+class Tokens(Dataset):
+    """Dict rows ``{"input_ids", "labels"}``, as Hugging Face models take them."""
+
+    def __init__(self, ids: torch.Tensor, y: torch.Tensor) -> None:
+        self.ids, self.y = ids, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.y[i]}
+
+
+class Logits(nn.Module):
+    """``batch -> logits`` of a Hugging Face classifier."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, batch):
+        return self.net(input_ids=batch["input_ids"]).logits
+
+
+class RowTransformer(nn.Module):
+    """Digit rows as 8 tokens of 8 pixels: embedding, one encoder layer, mean pool."""
+
+    def __init__(self, d: int = 24) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, d)
+        self.pos = nn.Parameter(0.1 * torch.randn(8, d))
+        self.layer = nn.TransformerEncoderLayer(
+            d, 2, 2 * d, dropout=0.0, batch_first=True
+        )
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, x):
+        h = self.embed(x.reshape(-1, 8, 8)) + self.pos
+        return self.head(self.layer(h).mean(1))
+
+
+def _train(model, loader, likelihood, epochs, prior, n, lr=3e-3, seed=0):
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    for _ in range(epochs):
+        model.train()
+        for batch in loader:
+            X, y = (batch, batch["labels"]) if isinstance(batch, dict) else batch
+            out = model(X)
+            nll = (
+                F.cross_entropy(out, y, reduction="sum")
+                if likelihood == "classification"
+                else 0.5 * (out - y).pow(2).sum() / 0.1**2
+            )
+            reg = 0.5 * prior * sum(p.pow(2).sum() for p in params)
+            opt.zero_grad()
+            ((nll + reg * len(y) / n) / len(y)).backward()
+            opt.step()
+    return model.eval()
+
+
+def _digits(seed: int):
+    X, y = load_digits(return_X_y=True)
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(y), generator=g)
+    X = torch.tensor(X, dtype=torch.float32)[perm] / 16.0
+    y = torch.tensor(y)[perm]
+    return (X[:1000], y[:1000]), (X[1000:1200], y[1000:1200])
+
+
+def toy_problem(seed: int, quick: bool):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat(
+        [
+            torch.rand(60, 1, generator=g) * 1.3 - 2.3,
+            torch.rand(60, 1, generator=g) * 1.3 + 1.0,
+        ]
+    )
+    y = torch.sin(2.5 * x) + 0.3 * x + 0.1 * torch.randn(x.shape, generator=g)
+    width = 10 if quick else 50
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Linear(1, width),
+        nn.ReLU(),
+        nn.Linear(width, width),
+        nn.ReLU(),
+        nn.Linear(width, 1),
+    )
+    loader = DataLoader(TensorDataset(x, y), batch_size=120)
+    model = _train(
+        model, loader, "regression", 300 if quick else 3000, 3.0, 120, lr=1e-2
+    )
+    with torch.no_grad():
+        sigma = (model(x) - y).pow(2).mean().sqrt().item()
+    test = torch.linspace(-4, 4, 200).unsqueeze(-1)
+    return model, "regression", loader, test, sigma, model[-1]
+
+
+def digits_mlp(seed: int, quick: bool):
+    (X, y), (Xt, _) = _digits(seed)
+    torch.manual_seed(seed)
+    w = 10 if quick else 40
+    model = nn.Sequential(
+        nn.Linear(64, w), nn.Tanh(), nn.Linear(w, w), nn.Tanh(), nn.Linear(w, 10)
+    )
+    loader = DataLoader(TensorDataset(X, y), batch_size=250)
+    model = _train(model, loader, "classification", 10 if quick else 100, 1.0, 1000)
+    return model, "classification", loader, Xt, 1.0, model[-1]
+
+
+def digits_cnn(seed: int, quick: bool):
+    (X, y), (Xt, _) = _digits(seed)
+    X, Xt = X.reshape(-1, 1, 8, 8), Xt.reshape(-1, 1, 8, 8)
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10),
+    )  # fmt: skip
+    loader = DataLoader(TensorDataset(X, y), batch_size=250)
+    model = _train(model, loader, "classification", 60, 1.0, 1000)
+    return model, "classification", loader, Xt, 1.0, model[-1]
+
+
+def digits_transformer(seed: int, quick: bool):
+    (X, y), (Xt, _) = _digits(seed)
+    torch.manual_seed(seed)
+    model = RowTransformer()
+    loader = DataLoader(TensorDataset(X, y), batch_size=250)
+    model = _train(model, loader, "classification", 60, 1.0, 1000)
+    return model, "classification", loader, Xt, 1.0, model.head
+
+
+def bert_lora(seed: int, quick: bool):
+    import peft
+    import transformers
+
+    (X, y), (Xt, _) = _digits(seed)
+    cls = 17
+
+    def ids(images):
+        t = (images * 16).round().clamp(0, 16).long()
+        return torch.cat([torch.full((len(t), 1), cls), t], 1)
+
+    cfg = transformers.BertConfig(
+        vocab_size=18, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=65, num_labels=10,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    base = transformers.BertForSequenceClassification(cfg)
+    # "pretraining": the whole network on digits 0-4 only
+    keep = y < 5
+    pre = DataLoader(Tokens(ids(X[keep]), y[keep]), batch_size=100, shuffle=True)
+    _train(Logits(base), pre, "classification", 15, 1e-2, int(keep.sum()))
+    lora = peft.LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["query", "value"],
+        modules_to_save=["classifier"],
+    )
+    model = Logits(peft.get_peft_model(base, lora))
+    loader = DataLoader(Tokens(ids(X), y), batch_size=250)
+    model = _train(model, loader, "classification", 30, 1.0, 1000)
+    test = {"input_ids": ids(Xt)}
+    head = model.net.base_model.model.classifier.modules_to_save["default"]
+    return model, "classification", loader, test, 1.0, head
+
+
+MODELS = {
+    "toy regression MLP": toy_problem,
+    "digits MLP": digits_mlp,
+    "digits CNN": digits_cnn,
+    "digits transformer": digits_transformer,
+    "BERT + LoRA": bert_lora,
+}
+
+
+def last_layer_mask(model, head):
+    names = {id(p) for p in head.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    sizes = [p.numel() for p in trainable]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    idx = torch.cat(
+        [
+            torch.arange(s, s + n)
+            for p, s, n in zip(trainable, starts, sizes)
+            if id(p) in names
+        ]
+    )
+
+    class Fixed:
+        n_zero_curvature = None
+
+        def select(self, _loader):
+            return idx
+
+    return Fixed(), len(idx)
+
+
+def run_model(name: str, quick: bool, seed: int = 0) -> dict:
+    t0 = time.perf_counter()
+    model, lik, loader, test, sigma, head = MODELS[name](seed, quick)
+    for p in model.parameters():
+        p.requires_grad_(p.requires_grad)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref = FullNetworkReference(
+        model, lik, loader, test, prior_precision="marglik", sigma_noise=sigma
+    )
+    ref_s = time.perf_counter() - t0
+    D = ref.H.shape[0]
+    ll, S_ll = last_layer_mask(model, head)
+    labels = QUICK if quick else tuple(STRATEGIES)
+    strategies = {k: STRATEGIES[k] for k in labels}
+    sizes = sorted({max(1, round(f * D)) for f in FRACTIONS} | {S_ll})
+    sizes = [s for s in sizes if s < D]
+    rows = selection_quality(
+        model,
+        lik,
+        loader,
+        test,
+        strategies=strategies,
+        sizes=sizes,
+        reference=ref,
+        strategy_kwargs=KWARGS,
+    )
+    rows += selection_quality(
+        model, lik, loader, test, strategies={"last layer": lambda S: ll},
+        sizes=[S_ll], reference=ref,
+    )  # fmt: skip
+    for r in rows:
+        r["model"] = name
+    print(f"{name}: D={D}, prior {ref.prior_precision:.3g}, reference {ref_s:.1f} s")
+    for r in rows:
+        if "share" in r:
+            centred = r.get("share_centered")
+            print(
+                f"  {r['strategy']:30s} S={r['S']:5d} share={r['share']:.3f} "
+                + (f"centred={centred:.3f} " if centred is not None else "")
+                + f"W2={r['wasserstein']:.3f} ({r['seconds']:.2f} s)"
+            )
+        else:
+            print(f"  {r['strategy']:30s} S={r['S']:5d} {r['error'][:90]}")
+    return {
+        "model": name,
+        "D": D,
+        "last_layer_S": S_ll,
+        "prior_precision": ref.prior_precision,
+        "train_seconds": train_s,
+        "reference_seconds": ref_s,
+        "rows": rows,
+    }
+
+
+def metric_of(result: dict) -> str:
+    """Regression: the share; classification: the share of the centred logits."""
+    rows = [r for r in result["rows"] if "share" in r]
+    return "share_centered" if rows[0].get("share_centered") is not None else "share"
+
+
+def verdicts(result: dict, default: str = DEFAULT) -> list[dict]:
+    """Per S: the best strategy and its share, the default's, random's, the last
+    layer's (at its size), and whether the default meets the bar of issue 18."""
+    out = []
+    metric = metric_of(result)
+    rows = [r for r in result["rows"] if "share" in r]
+    ll = next((r[metric] for r in rows if r["strategy"] == "last layer"), None)
+    for S in sorted({r["S"] for r in rows if r["strategy"] != "last layer"}):
+        at = {r["strategy"]: r[metric] for r in rows if r["S"] == S}
+        best = max(at, key=at.get)
+        d, rnd = at.get(default, math.nan), at.get("random", math.nan)
+        row = {
+            "S": S,
+            "metric": metric,
+            "best": best,
+            "best_share": at[best],
+            "default_share": d,
+            "random_share": rnd,
+            "within_5pct_of_best": d >= 0.95 * at[best],
+            "vs_random": d / rnd if rnd > 0 else math.inf,
+        }
+        if S == result["last_layer_S"] and ll is not None:
+            row["last_layer_share"] = ll
+            row["beats_last_layer"] = d >= ll
+        out.append(row)
+    return out
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.8))
+    axes = [axes] if len(results) == 1 else axes
+    for ax, res in zip(axes, results):
+        plot_selection_quality(
+            res["rows"], ax=ax, title=f"{res['model']} (D={res['D']})",
+            metric=metric_of(res),
+        )  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--models", nargs="*", default=None)
+    ap.add_argument("--out", default=str(RESULTS / "selection_study"))
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    names = args.models or (
+        ["toy regression MLP", "digits MLP"] if args.quick else list(MODELS)
+    )
+    results = []
+    for name in names:
+        res = run_model(name, args.quick)
+        res["verdicts"] = verdicts(res)
+        results.append(res)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(
+            json.dumps({"quick": args.quick, "results": results}, indent=1)
+        )
+    plot(results, Path(args.out).with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()

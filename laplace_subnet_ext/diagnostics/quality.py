@@ -1,0 +1,163 @@
+"""Selection quality: captured share of the full predictive variance vs S, per strategy."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from laplace_subnet_ext.diagnostics.capture import FullNetworkReference
+from laplace_subnet_ext.selection.registry import get
+
+__all__ = ["selection_quality", "plot_selection_quality"]
+
+
+def _build(strategy: Any, model, likelihood, S: int, ref: FullNetworkReference, kw):
+    if callable(strategy) and not isinstance(strategy, type):
+        return strategy(S)
+    cls = get(strategy) if isinstance(strategy, str) else strategy
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {"model": model, **kw}
+    if "n_params_subnet" in params:
+        kwargs["n_params_subnet"] = S
+    for name, value in (
+        ("likelihood", likelihood),
+        ("prior_precision", ref.prior_precision),
+        ("sigma_noise", ref.sigma_noise),
+    ):
+        if name in params:
+            kwargs.setdefault(name, value)
+    return cls(**kwargs)
+
+
+def selection_quality(
+    model: nn.Module,
+    likelihood: str,
+    train_loader,
+    test_inputs,
+    *,
+    strategies: Mapping[str, str | type | Callable[[int], Any]],
+    sizes: Sequence[int | float],
+    reference: FullNetworkReference | None = None,
+    prior_precision: float | str = "marglik",
+    sigma_noise: float = 1.0,
+    strategy_kwargs: Mapping[str, dict] | None = None,
+) -> list[dict]:
+    """Captured share and Wasserstein distance of each strategy at each S.
+
+    Parameters
+    ----------
+    strategies : mapping
+        Label -> a registered name, a mask class (built with ``model``,
+        ``n_params_subnet`` and, where it takes them, ``likelihood``,
+        ``prior_precision``, ``sigma_noise`` of the reference), or a callable
+        ``S -> mask``. A mask whose size is fixed (e.g. the last layer) is
+        measured at its own size.
+    sizes : sequence of int or float
+        S, or fractions of D in (0, 1).
+    reference : FullNetworkReference, optional
+        Built here from ``train_loader`` and ``test_inputs`` if not given.
+    strategy_kwargs : mapping, optional
+        Label -> extra constructor keywords.
+
+    Returns
+    -------
+    list of dict
+        One row per (strategy, S): ``strategy``, ``S``, ``fraction`` (S / D),
+        ``share``, ``wasserstein``, ``wasserstein_map``, ``share_centered``,
+        ``wasserstein_centered`` (classification; see
+        :class:`~.capture.CaptureResult`), ``seconds`` (the
+        selection's wall time), ``n_zero_curvature``; a strategy that raised has
+        ``error`` instead of the measurements.
+    """
+    ref = reference or FullNetworkReference(
+        model,
+        likelihood,
+        train_loader,
+        test_inputs,
+        prior_precision=prior_precision,
+        sigma_noise=sigma_noise,
+    )
+    D = ref.H.shape[0]
+    rows = []
+    for S in sizes:
+        S = int(round(S * D)) if isinstance(S, float) and S < 1 else int(S)
+        for label, strategy in strategies.items():
+            row: dict[str, Any] = {"strategy": label, "S": S}
+            t0 = time.perf_counter()
+            try:
+                mask = _build(
+                    strategy,
+                    model,
+                    likelihood,
+                    S,
+                    ref,
+                    dict((strategy_kwargs or {}).get(label, {})),
+                )
+                idx = torch.as_tensor(mask.select(train_loader)).flatten()
+            except (ValueError, RuntimeError, NotImplementedError, TypeError) as e:
+                row["error"] = f"{type(e).__name__}: {e}"
+                rows.append(row)
+                continue
+            row["seconds"] = time.perf_counter() - t0
+            res = ref.evaluate(idx)
+            row.update(
+                S=res.n_subnet,
+                fraction=res.n_subnet / D,
+                share=res.share,
+                wasserstein=res.wasserstein,
+                wasserstein_map=res.wasserstein_map,
+                share_centered=res.share_centered,
+                wasserstein_centered=res.wasserstein_centered,
+                n_zero_curvature=getattr(mask, "n_zero_curvature", None),
+            )
+            rows.append(row)
+    return rows
+
+
+def plot_selection_quality(
+    rows: Sequence[dict], ax=None, title: str = "", metric: str = "share"
+):
+    """``metric`` (``"share"`` or ``"share_centered"``) vs S (log x), one line per
+    strategy, median selection time in the legend. Returns the axes.
+
+    Raises
+    ------
+    ImportError
+        matplotlib is not installed (``pip install matplotlib``).
+    """
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "plot_selection_quality needs matplotlib; pip install matplotlib."
+        ) from e
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.6))
+    ok = [r for r in rows if "share" in r]
+    for label in dict.fromkeys(r["strategy"] for r in ok):
+        pts = sorted(
+            (r["S"], r["share"], r["seconds"]) for r in ok if r["strategy"] == label
+        )
+        secs = sorted(p[2] for p in pts)[len(pts) // 2]
+        style = "o" if len(pts) == 1 else ".-"
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            style,
+            label=f"{label} ({secs:.2g} s)",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("S (weights in the subnetwork)")
+    ax.set_ylabel(
+        "share of full predictive variance"
+        + (" (centred logits)" if metric == "share_centered" else "")
+    )
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=6)
+    return ax

@@ -1,0 +1,122 @@
+"""A user's fast Jacobian rule via register_rule: exact, refused when it
+duplicates, and held to the same proofs as the built-in rules (a wrong rule is
+demoted, H stays exact)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from laplace_subnet_ext import DenseSubnetLaplace, register_rule
+from laplace_subnet_ext.jacobians import Rule, Use, covered_modules, unregister_rule
+from tests.cases import assert_close, loader
+
+
+class Scale(nn.Module):
+    """``x * w`` over the last dimension: no built-in rule."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(d))
+
+    def forward(self, x):
+        return x * self.w
+
+
+class ScaleRule(Rule):
+    cls = Scale
+
+    def __init__(self, wrong: float = 1.0) -> None:
+        self.wrong = wrong
+
+    def uses(self, m, inputs, output):
+        a = inputs[0]
+        n = a.shape[0]
+        A = a.detach().reshape(n, -1, a.shape[-1]) * self.wrong  # (n, t, i)
+
+        def rows(u):
+            return u.reshape(n, -1, u.shape[-1])
+
+        return [
+            Use(
+                m.w,
+                output,
+                (a,),
+                n,
+                lambda local: A[:, :, local].transpose(1, 2),
+                lambda dz, local: rows(dz)[:, :, local].transpose(1, 2),
+                lambda u: u.reshape(n, -1),
+            )
+        ]
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 5), Scale(5), nn.Tanh(), nn.Linear(5, 2)).double()
+
+
+def _fit(method="auto"):
+    model = _model()
+    dl = loader("classification", n=12, bs=5)
+    dl.dataset.tensors = (dl.dataset.tensors[0].double(), dl.dataset.tensors[1])
+    D = sum(p.numel() for p in model.parameters())  # 37: S = all weights
+    la = DenseSubnetLaplace(
+        model, "classification", torch.arange(D), jacobian_method=method
+    )
+    la.fit(dl)
+    return la
+
+
+@pytest.fixture
+def scale_rule():
+    yield
+    from laplace_subnet_ext.jacobians import RULES
+
+    if Scale in RULES:
+        unregister_rule(Scale)
+
+
+def test_registered_rule_is_fast_and_exact(scale_rule):
+    def generic(la):
+        return [s.name for s in la.jacobians.split()[1]]
+
+    assert generic(_fit()) == ["1.w"]
+    register_rule(Scale, ScaleRule())
+    assert f"{__name__}.Scale" in covered_modules()
+    la = _fit()
+    assert generic(la) == [] and la.generic_reasons == {}
+    assert_close(la.H, _fit("functional").H, 1e-10, "H with the user's rule")
+
+
+def test_wrong_rule_is_demoted_and_h_stays_exact(scale_rule):
+    register_rule(Scale, ScaleRule(wrong=2.0))
+    with pytest.warns(RuntimeWarning, match="1.w"):
+        la = _fit()
+    assert "1.w" in la.generic_reasons
+    assert_close(la.H, _fit("functional").H, 1e-10, "H with a wrong rule")
+
+
+def test_register_rule_refuses_duplicates_and_bad_input(scale_rule):
+    register_rule(Scale, ScaleRule())
+    with pytest.raises(ValueError, match="overwrite=True"):
+        register_rule(Scale, ScaleRule())
+    register_rule(Scale, ScaleRule(), overwrite=True)
+    with pytest.raises(ValueError, match="overwrite=True"):
+        register_rule(nn.Linear, ScaleRule())
+    with pytest.raises(TypeError, match="nn.Module subclass"):
+        register_rule(int, ScaleRule())
+    with pytest.raises(TypeError, match="Rule"):
+        register_rule(Scale, object())
+    unregister_rule(Scale)
+    with pytest.raises(ValueError, match="has no rule"):
+        unregister_rule(Scale)
+
+
+def test_overwritten_builtin_comes_back():
+    from laplace_subnet_ext.jacobians import RULES
+
+    builtin = RULES[nn.Linear]
+    register_rule(nn.Linear, ScaleRule(), overwrite=True)
+    unregister_rule(nn.Linear)
+    assert RULES[nn.Linear] is builtin

@@ -1,0 +1,311 @@
+"""Captured share of the full-network predictive variance, against a dense
+torch.func reference (float64); Gradient-/Greedy-Laplace against brute force;
+zero-curvature filtering of every score strategy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from laplace_subnet_ext import DenseSubnetLaplace, selection
+from laplace_subnet_ext.diagnostics import (
+    FullNetworkReference,
+    estimate_full_variance,
+    gaussian_w2,
+    selection_quality,
+)
+from laplace_subnet_ext.selection.greedy import greedy_schur
+from tests.cases import assert_close
+from tests.test_zoo import full_jacobian
+
+LIKS = ["classification", "regression"]
+
+
+def _problem(lik: str, seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    X = torch.randn(30, 3, dtype=torch.float64)
+    y = (
+        torch.randint(3, (30,))
+        if lik == "classification"
+        else torch.randn(30, 3, dtype=torch.float64)
+    )
+    return model, DataLoader(TensorDataset(X, y), batch_size=8), X
+
+
+def _dense(model, lik, X, Xt, prior, sigma):
+    """H, P and test Jacobians from torch.func over all weights."""
+    J, f = full_jacobian(model, X)
+    if lik == "classification":
+        p = f.softmax(-1)
+        Lam = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+        H = torch.einsum("bcp,bck,bkq->pq", J, Lam, J)
+    else:
+        H = torch.einsum("bcp,bcq->pq", J, J)
+    P = H / sigma**2 + prior * torch.eye(len(H), dtype=H.dtype)
+    return H, P, full_jacobian(model, Xt)[0]
+
+
+def _cov(Jt, P, idx=None):
+    if idx is not None:
+        Jt, P = Jt[..., idx], P[idx][:, idx]
+    return Jt @ torch.linalg.inv(P) @ Jt.mT
+
+
+@pytest.mark.parametrize("lik", LIKS)
+def test_share_and_w2_match_dense_reference(lik):
+    model, dl, _ = _problem(lik)
+    Xt = torch.randn(9, 3, dtype=torch.float64)
+    sigma = 0.6 if lik == "regression" else 1.0
+    ref = FullNetworkReference(
+        model, lik, dl, Xt, prior_precision=0.8, sigma_noise=sigma
+    )
+    H, P, Jt = _dense(model, lik, dl.dataset.tensors[0], Xt, 0.8, sigma)
+    assert_close(ref.H, H, what="full GGN")
+    full = _cov(Jt, P)
+    assert_close(ref.full_covariance, full, what="full predictive covariance")
+    idx = torch.tensor([0, 4, 9, 17, 22, 30, 41, 50])
+    sub = _cov(Jt, P, idx)
+    tr = lambda A: A.diagonal(dim1=-2, dim2=-1).sum()  # noqa: E731
+    res = ref.evaluate(idx)
+    assert_close(res.share, tr(sub) / tr(full), what="captured share")
+    # W2 of Gaussians with one mean, from eigendecompositions written out here
+    ea, va = torch.linalg.eigh(full)
+    root = va @ torch.diag_embed(ea.sqrt()) @ va.mT
+    em = torch.linalg.eigvalsh(root @ sub @ root).clamp_min(0).sqrt().sum(-1)
+    trs = full.diagonal(dim1=-2, dim2=-1).sum(-1) + sub.diagonal(dim1=-2, dim2=-1).sum(
+        -1
+    )
+    assert_close(res.wasserstein, (trs - 2 * em).sqrt().mean(), what="W2")
+    # the subnetwork posterior of the package, same prior, no rescaling
+    la = DenseSubnetLaplace(model, lik, idx, prior_precision=0.8, sigma_noise=sigma)
+    la.fit(dl)
+    assert_close(
+        la.functional_variance(la.jacobians(Xt)[0]), sub, what="vs DenseSubnetLaplace"
+    )
+
+
+@pytest.mark.parametrize("lik", LIKS)
+def test_share_never_exceeds_one_and_grows_with_nesting(lik):
+    model, dl, X = _problem(lik, seed=1)
+    ref = FullNetworkReference(model, lik, dl, X[:10], prior_precision=0.3)
+    D = ref.H.shape[0]
+    perm = torch.randperm(D, generator=torch.Generator().manual_seed(0))
+    shares = [ref.evaluate(perm[:s]).share for s in (1, 5, 20, 40, D - 1)]
+    assert all(0 < s <= 1 for s in shares)
+    assert shares == sorted(shares)  # nested subnetworks: monotone
+    assert_close(ref.evaluate(torch.arange(D)).share, 1.0, what="S = D")
+    assert ref.evaluate(torch.arange(D)).wasserstein < 1e-6
+
+
+def test_w2_is_zero_for_equal_and_trace_for_point_mass():
+    A = torch.randn(4, 3, 3, dtype=torch.float64)
+    A = A @ A.mT + 0.1 * torch.eye(3)
+    assert gaussian_w2(A, A).abs().max() < 1e-7
+    assert_close(
+        gaussian_w2(A, torch.zeros_like(A)), A.diagonal(0, 1, 2).sum(-1).sqrt()
+    )
+
+
+@pytest.mark.parametrize("lik", LIKS)
+def test_stochastic_estimate_against_exact(lik):
+    model, dl, X = _problem(lik, seed=2)
+    dl = DataLoader(dl.dataset, batch_size=30)
+    Xt = X[:6]
+    ref = FullNetworkReference(model, lik, dl, Xt, prior_precision=0.5)
+    exact = float(ref.full_covariance.diagonal(dim1=-2, dim2=-1).sum())
+    basis, se0 = estimate_full_variance(
+        model, lik, dl, Xt, prior_precision=0.5, n_probes=None, cg_tol=1e-12
+    )
+    assert se0 == 0.0
+    assert_close(basis, exact, 1e-8, "unit-vector probes (CG only)")
+    est, se = estimate_full_variance(
+        model, lik, dl, Xt, prior_precision=0.5, n_probes=32, seed=3
+    )
+    assert 0 < se < 0.3 * exact
+    assert abs(est - exact) < 4 * se
+
+
+@pytest.mark.parametrize(
+    "lik,center",
+    [("classification", True), ("classification", False), ("regression", False)],
+)
+def test_greedy_equals_brute_force_greedy(lik, center):
+    model, dl, X = _problem(lik, seed=3)
+    ref = FullNetworkReference(model, lik, dl, X, prior_precision=0.5)
+    P, J = ref.precision(), ref.J
+    if center:  # the objective counts the centred logits only
+        J = J - J.mean(1, keepdim=True)
+
+    def F(S):
+        if not S:
+            return 0.0
+        idx = torch.tensor(S, dtype=torch.long)
+        return float(_cov(J, P, idx).diagonal(dim1=-2, dim2=-1).sum())
+
+    chosen: list[int] = []
+    for _ in range(7):
+        rest = [j for j in range(len(P)) if j not in chosen]
+        chosen.append(max(rest, key=lambda j: F(chosen + [j])))
+    mask = selection.get("greedy_laplace")(
+        model,
+        7,
+        likelihood=lik,
+        prior_precision=0.5,
+        candidates=1000,
+        center_logits=center,
+    )
+    mask.select(dl)
+    # the same objective after every step (ties, e.g. symmetric output biases,
+    # may be broken either way)
+    got = mask.order.tolist()
+    assert_close(
+        torch.tensor([F(got[: k + 1]) for k in range(7)]),
+        torch.tensor([F(chosen[: k + 1]) for k in range(7)]),
+        what="objective along the greedy path",
+    )
+    gains = [F(got[: k + 1]) - F(got[:k]) for k in range(7)]
+    assert_close(mask.gains, torch.tensor(gains), what="greedy gains")
+
+
+def test_greedy_subsample_stands_for_the_whole_training_set():
+    """max_data < N: the subsample's curvature is scaled by N / n, so the choice
+    equals the greedy choice on the subsample's H scaled up."""
+    model, dl, X = _problem("regression", seed=4)
+    sub = DataLoader(TensorDataset(*[t[:16] for t in dl.dataset.tensors]), 16)
+    ref = FullNetworkReference(model, "regression", sub, X[:16], prior_precision=0.5)
+    P = ref.H * (30 / 16)
+    P.diagonal().add_(0.5)
+    J = ref.J
+
+    def F(S):
+        idx = torch.tensor(S, dtype=torch.long)
+        return float(_cov(J, P, idx).diagonal(dim1=-2, dim2=-1).sum())
+
+    chosen: list[int] = []
+    for _ in range(5):
+        rest = [j for j in range(len(P)) if j not in chosen]
+        chosen.append(max(rest, key=lambda j: F(chosen + [j])))
+    mask = selection.get("greedy_laplace")(
+        model, 5, likelihood="regression", prior_precision=0.5, max_data=16,
+        candidates=1000,
+    )  # fmt: skip
+    mask.select(DataLoader(dl.dataset, batch_size=16))
+    assert_close(
+        torch.tensor([F(mask.order.tolist()[: k + 1]) for k in range(5)]),
+        torch.tensor([F(chosen[: k + 1]) for k in range(5)]),
+        what="objective with the scaled subsample",
+    )
+
+
+def test_greedy_eval_inputs_change_the_target():
+    model, dl, X = _problem("regression", seed=5)
+    far = 4 * torch.randn(40, 3, dtype=torch.float64)
+    ref = FullNetworkReference(model, "regression", dl, far, prior_precision=0.5)
+    kw = dict(likelihood="regression", prior_precision=0.5, candidates=1000)
+    inside = selection.get("greedy_laplace")(model, 6, **kw).select(dl)
+    outside = selection.get("greedy_laplace")(model, 6, eval_inputs=far, **kw)
+    outside = outside.select(dl)
+    assert ref.evaluate(outside).share >= ref.evaluate(inside).share
+
+
+def test_greedy_schur_never_builds_a_pool_square():
+    """With the identity output Hessian, one step equals the closed form."""
+    J = torch.randn(5, 2, 4, dtype=torch.float64)
+    order, gains = greedy_schur(J, None, 1, prior_precision=2.0)
+    col = J.pow(2).sum((0, 1))
+    assert int(order[0]) == int((col / (col + 2.0)).argmax())
+    assert_close(gains[0], (col / (col + 2.0)).max())
+
+
+def test_gradient_laplace_scores_are_mean_squared_output_gradients():
+    model, dl, X = _problem("classification")
+    mask = selection.get("gradient_laplace")(model, 10)
+    idx = mask.select(dl)
+    J, _ = full_jacobian(model, X)
+    score = J.pow(2).sum(1).mean(0)
+    assert_close(mask.scores, score, what="Gradient-Laplace score")
+    assert set(idx.tolist()) == set(score.topk(10).indices.tolist())
+
+
+def _dead_relu():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2))
+    with torch.no_grad():
+        model[0].bias[:3] = -100.0  # three dead units: 12 + 3 + 6 weights
+    X, y = torch.randn(20, 3), torch.randint(2, (20,))
+    return model, DataLoader(TensorDataset(X, y), batch_size=7)
+
+
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("random", {}),
+        ("magnitude", {}),
+        ("obd", {"likelihood": "classification"}),
+        ("gradient_energy", {"likelihood": "classification"}),
+        ("wasserstein", {"likelihood": "classification"}),
+        ("gradient_laplace", {}),
+        ("greedy_laplace", {"likelihood": "classification"}),
+    ],
+)
+def test_every_strategy_drops_zero_curvature(name, kw):
+    model, dl = _dead_relu()
+    J, _ = full_jacobian(model, dl.dataset.tensors[0])
+    zero = J.pow(2).sum((0, 1)) == 0
+    n_zero = int(zero.sum())
+    assert n_zero == 18  # 3 dead units: 3 x (3 + 1) inputs, 3 x 2 outputs
+    D = len(zero)
+    mask = selection.get(name)(model, D - n_zero, **kw)
+    idx = mask.select(dl)
+    assert mask.n_zero_curvature == n_zero
+    assert not zero[idx].any()
+    with pytest.raises(ValueError, match="nonzero curvature"):
+        selection.get(name)(model, D - n_zero + 1, **kw).select(dl)
+
+
+def test_zero_curvature_filter_can_be_switched_off():
+    model, dl = _dead_relu()
+    mask = selection.get("magnitude")(model, 30, filter_zero_curvature=False)
+    assert len(mask.select(dl)) == 30 and mask.n_zero_curvature == 0
+
+
+def test_selection_quality_rows():
+    model, dl, X = _problem("classification")
+    rows = selection_quality(
+        model,
+        "classification",
+        dl,
+        X[:5],
+        strategies={"random": "random", "greedy": "greedy_laplace"},
+        sizes=[0.1, 12],
+        prior_precision=1.0,
+    )
+    assert [(r["strategy"], r["S"]) for r in rows] == [
+        ("random", 5),
+        ("greedy", 5),
+        ("random", 12),
+        ("greedy", 12),
+    ]
+    assert all(0 < r["share"] <= 1 and r["seconds"] >= 0 for r in rows)
+
+
+def test_backpack_route_is_decided_from_the_model():
+    from laplace_subnet_ext.selection.variance import (
+        backpack_applies,
+        blocked_diag_curvature,
+        diag_curvature,
+    )
+    from tests.cases import Residual
+
+    model, dl, _ = _problem("classification")
+    assert backpack_applies(model)
+    assert_close(
+        diag_curvature(model, "classification", dl),
+        blocked_diag_curvature(model, "classification", dl),
+        what="BackPACK vs blocked",
+    )
+    assert not backpack_applies(Residual())  # functional ops outside modules
+    assert not backpack_applies(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))

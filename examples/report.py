@@ -175,7 +175,11 @@ def selection() -> str:
         rows = [r for r in m["rows"] if "share" in r]
         for v in m["verdicts"]:
             at = {r["strategy"]: r[metric] for r in rows if r["S"] == v["S"]}
-            others = {k: x for k, x in at.items() if k != "greedy_laplace"}
+            others = {
+                k: x
+                for k, x in at.items()
+                if k != "greedy_laplace" and "eval inputs" not in k
+            }
             other = max(others, key=others.get)
             ll = f"{v['last_layer_share']:.3f}" if "last_layer_share" in v else ""
             cells = [f"{at[c]:.3f}" if c in at else "n/a" for c in cols]
@@ -190,10 +194,22 @@ def selection() -> str:
             costs[r["strategy"]][m["model"]] = max(
                 costs[r["strategy"]][m["model"]], r["seconds"]
             )
+    told = [
+        (m["model"], r)
+        for m in res["results"]
+        for r in m["rows"]
+        if "eval inputs" in r["strategy"] and "share" in r
+    ]
+    if told:
+        lines += [
+            "",
+            "Told where predictions are made (`eval_inputs=`): "
+            + ", ".join(f"{mm} S={r['S']}: {r['share']:.3f}" for mm, r in told),
+        ]
     models = [m["model"] for m in res["results"]]
     lines += [
         "",
-        "Selection wall time, largest S (seconds, 2 cores; the reference's cost "
+        "Selection wall time, slowest S (seconds, 2 cores, MLP and CNN rows measured beside other jobs; the reference's cost "
         "is not included):",
         "",
         "| strategy | " + " | ".join(models) + " |",

@@ -120,10 +120,15 @@ def selection_quality(
 
 
 def plot_selection_quality(
-    rows: Sequence[dict], ax=None, title: str = "", metric: str = "share"
+    rows: Sequence[dict],
+    ax=None,
+    title: str = "",
+    metric: str = "share",
+    colors: Mapping[str, Any] | None = None,
 ):
     """``metric`` (``"share"`` or ``"share_centered"``) vs S (log x), one line per
-    strategy, median selection time in the legend. Returns the axes.
+    strategy, median selection time in the legend; ``colors`` (label -> colour)
+    keeps strategies recognisable across panels. Returns the axes.
 
     Raises
     ------
@@ -138,10 +143,10 @@ def plot_selection_quality(
         ) from e
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.6))
-    ok = [r for r in rows if "share" in r]
+    ok = [r for r in rows if r.get(metric) is not None]
     for label in dict.fromkeys(r["strategy"] for r in ok):
         pts = sorted(
-            (r["S"], r["share"], r["seconds"]) for r in ok if r["strategy"] == label
+            (r["S"], r[metric], r["seconds"]) for r in ok if r["strategy"] == label
         )
         secs = sorted(p[2] for p in pts)[len(pts) // 2]
         style = "o" if len(pts) == 1 else ".-"
@@ -150,8 +155,10 @@ def plot_selection_quality(
             [p[1] for p in pts],
             style,
             label=f"{label} ({secs:.2g} s)",
+            color=(colors or {}).get(label),
         )
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.set_xlabel("S (weights in the subnetwork)")
     ax.set_ylabel(
         "share of full predictive variance"

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 import laplace_subnet_ext  # noqa: F401  (registers the plugin)
 from laplace_subnet_ext.diagnostics import (
@@ -63,30 +63,6 @@ KWARGS = {
 QUICK = ("wasserstein (function_space)", "greedy_laplace", "gradient_laplace", "random")
 #: the strategy README recommends (measured against the bar of issue 18)
 DEFAULT = "greedy_laplace"
-
-
-class Tokens(Dataset):
-    """Dict rows ``{"input_ids", "labels"}``, as Hugging Face models take them."""
-
-    def __init__(self, ids: torch.Tensor, y: torch.Tensor) -> None:
-        self.ids, self.y = ids, y
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "labels": self.y[i]}
-
-
-class Logits(nn.Module):
-    """``batch -> logits`` of a Hugging Face classifier."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, batch):
-        return self.net(input_ids=batch["input_ids"]).logits
 
 
 class RowTransformer(nn.Module):
@@ -206,6 +182,7 @@ def digits_transformer(seed: int, quick: bool):
 def bert_lora(seed: int, quick: bool):
     import peft
     import transformers
+    from transformer_lora import Logits, Tokens  # the LoRA example's dict batches
 
     (X, y), (Xt, _) = _digits(seed)
     cls = 17

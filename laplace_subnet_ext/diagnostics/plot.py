@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from laplace_subnet_ext.diagnostics.sweep import PriorSweep
 
-__all__ = ["plot_prior_sweep"]
+__all__ = ["plot_prior_sweep", "pyplot"]
+
+
+def pyplot(caller: str):
+    """``matplotlib.pyplot``, or an ``ImportError`` naming ``caller`` and the fix."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(f"{caller} needs matplotlib; pip install matplotlib.") from e
+    return plt
+
 
 _STYLE = {"marglik": ("tab:red", "--"), "gridsearch": ("tab:green", ":")}
 
@@ -18,12 +28,7 @@ def plot_prior_sweep(sweep: PriorSweep, metrics=("nll", "ece"), axes=None, title
     ImportError
         matplotlib is not installed (``pip install matplotlib``).
     """
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "plot_prior_sweep needs matplotlib; pip install matplotlib."
-        ) from e
+    plt = pyplot("plot_prior_sweep")
     sets = list(dict.fromkeys(r["set"] for r in sweep.rows))
     metrics = [m for m in metrics if m in sweep.rows[0]]
     n_panels = len(metrics) + (len(sets) > 1)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from laplace_subnet_ext.diagnostics.capture import FullNetworkReference
+from laplace_subnet_ext.diagnostics.plot import pyplot
 from laplace_subnet_ext.selection.registry import get
 
 __all__ = ["selection_quality", "plot_selection_quality"]
@@ -135,12 +136,7 @@ def plot_selection_quality(
     ImportError
         matplotlib is not installed (``pip install matplotlib``).
     """
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "plot_selection_quality needs matplotlib; pip install matplotlib."
-        ) from e
+    plt = pyplot("plot_selection_quality")
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.6))
     ok = [r for r in rows if r.get(metric) is not None]

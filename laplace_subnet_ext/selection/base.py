@@ -150,18 +150,19 @@ class ScoreSubnetMask(TrainableSubnetMask):
         self.filter_zero_curvature = filter_zero_curvature
         self.scores: torch.Tensor | None = None
         self.n_zero_curvature = 0
-        self._curvature: torch.Tensor | None = None
+        self._curvature: tuple | None = None  # (loader, (p,) diagonal)
 
     def curvature_diagonal(self, train_loader: DataLoader) -> torch.Tensor:
-        r"""``(p,)`` diagonal curvature on the training data, computed once.
+        r"""``(p,)`` diagonal curvature on the training data, computed once per loader.
 
         Here the output-gradient energy :math:`\sum_n \sum_k (\partial f_k(x_n) /
         \partial\theta_d)^2` (the GGN diagonal with an identity output Hessian);
         strategies that know the likelihood use its GGN diagonal.
         """
-        if self._curvature is None:
-            self._curvature = self._compute_curvature_diagonal(train_loader)
-        return self._curvature
+        if self._curvature is None or self._curvature[0] is not train_loader:
+            h = self._compute_curvature_diagonal(train_loader)
+            self._curvature = (train_loader, h)
+        return self._curvature[1]
 
     def _compute_curvature_diagonal(self, train_loader: DataLoader) -> torch.Tensor:
         return blocked_diag_curvature(self.model, "regression", train_loader)

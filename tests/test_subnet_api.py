@@ -63,7 +63,7 @@ def test_bad_indices_name_the_argument_rule_and_value(idx, match):
 
 
 def test_missing_indices_and_mask_is_a_type_error():
-    with pytest.raises(TypeError, match="subnetwork_indices=... or subnetwork_mask"):
+    with pytest.raises(TypeError, match="subnetwork_indices=..., subnetwork_mask=... or n_params_subnet"):
         DenseSubnetLaplace(mlp(), "classification")
     with pytest.raises(TypeError, match="must be a torch.Tensor"):
         make("0,1")
@@ -407,3 +407,30 @@ def test_buffer_on_request_shares_memory():
     buf = la.get_posterior_covariance(copy=False)
     assert buf.data_ptr() == la.get_posterior_covariance(copy=False).data_ptr()
     assert la.posterior_covariance.data_ptr() != buf.data_ptr()
+
+
+def test_n_params_subnet_alone_selects_with_the_default_strategy():
+    from laplace import Laplace
+
+    from laplace_subnet_ext import selection
+    from laplace_subnet_ext.posterior.dense import DEFAULT_MASK
+
+    torch.manual_seed(0)
+    model = mlp().double()
+    dl = loader("classification")
+    dl.dataset.tensors = (dl.dataset.tensors[0].double(), dl.dataset.tensors[1])
+    la = Laplace(
+        model,
+        "classification",
+        "subnetwork",
+        "full",
+        n_params_subnet=9,
+        prior_precision=0.3,
+    )
+    la.fit(dl)
+    ref = selection.get(DEFAULT_MASK)(
+        model, 9, likelihood="classification", prior_precision=0.3
+    )
+    assert torch.equal(la.subnetwork_indices, ref.select(dl).sort().values)
+    with pytest.raises(TypeError, match="n_params_subnet"):
+        DenseSubnetLaplace(model, "classification")

@@ -63,7 +63,10 @@ def test_bad_indices_name_the_argument_rule_and_value(idx, match):
 
 
 def test_missing_indices_and_mask_is_a_type_error():
-    with pytest.raises(TypeError, match="subnetwork_indices=..., subnetwork_mask=... or n_params_subnet"):
+    with pytest.raises(
+        TypeError,
+        match="subnetwork_indices=..., subnetwork_mask=... or n_params_subnet",
+    ):
         DenseSubnetLaplace(mlp(), "classification")
     with pytest.raises(TypeError, match="must be a torch.Tensor"):
         make("0,1")

@@ -211,8 +211,8 @@ def test_greedy_eval_inputs_change_the_target():
     assert ref.evaluate(outside).share >= ref.evaluate(inside).share
 
 
-def test_greedy_schur_never_builds_a_pool_square():
-    """With the identity output Hessian, one step equals the closed form."""
+def test_greedy_first_step_is_the_closed_form():
+    """Identity output Hessian: the first gain is ||J_q||^2 / (||J_q||^2 + lambda)."""
     J = torch.randn(5, 2, 4, dtype=torch.float64)
     order, gains = greedy_schur(J, None, 1, prior_precision=2.0)
     col = J.pow(2).sum((0, 1))

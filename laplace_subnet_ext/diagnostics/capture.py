@@ -28,7 +28,7 @@ output space, each solved with conjugate gradients on GGN-vector products
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,7 @@ from torch import nn
 from torch.func import functional_call, jvp, vjp
 
 from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
-from laplace_subnet_ext.jacobians.batching import split_batch
+from laplace_subnet_ext.jacobians.batching import iter_inputs, split_batch
 from laplace_subnet_ext.posterior.curvature import output_hessian
 from laplace_subnet_ext.posterior.memory import available_bytes
 
@@ -84,15 +84,6 @@ class CaptureResult:
     n_subnet: int
     share_centered: float | None = None
     wasserstein_centered: float | None = None
-
-
-def _inputs(data: Any, dict_key_y: str) -> Iterable[Any]:
-    """Inputs of a loader, or one tensor / dict of inputs given as is."""
-    if isinstance(data, torch.Tensor | Mapping):
-        yield data
-        return
-    for batch in data:
-        yield split_batch(batch, dict_key_y)[0]
 
 
 def _check_fits(D: int, device: torch.device) -> None:
@@ -173,7 +164,7 @@ class FullNetworkReference:
             H.addmm_(J.reshape(-1, D).T, LJ.reshape(-1, D))
         self.H = (H + H.T) / 2
         self.J = torch.cat(
-            [jac(X)[0].double() for X in _inputs(test_inputs, dict_key_y)]
+            [jac(X)[0].double() for X in iter_inputs(test_inputs, dict_key_y)]
         )
         self.sigma_noise = float(sigma_noise)
         self.likelihood = likelihood

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["batch_size", "slice_batch", "split_batch", "to_device"]
+__all__ = ["batch_size", "iter_inputs", "slice_batch", "split_batch", "to_device"]
 
 
 def batch_size(x: torch.Tensor | MutableMapping[str, Any], dict_key_x: str) -> int:
@@ -59,3 +59,13 @@ def split_batch(data: Any, dict_key_y: str = "labels") -> tuple[Any, Any]:
         "a batch must be an (X, y) tuple / list or a dict with the key "
         f"dict_key_y={dict_key_y!r}; got {type(data).__name__}."
     )
+
+
+def iter_inputs(data: Any, dict_key_y: str = "labels"):
+    """The inputs of ``data``: one tensor / dict of inputs as is, or the ``X`` of
+    every batch of an iterable of batches (:func:`split_batch`)."""
+    if isinstance(data, torch.Tensor | MutableMapping):
+        yield data
+        return
+    for batch in data:
+        yield split_batch(batch, dict_key_y)[0]

@@ -167,9 +167,11 @@ class ScoreSubnetMask(TrainableSubnetMask):
     def _compute_curvature_diagonal(self, train_loader: DataLoader) -> torch.Tensor:
         return blocked_diag_curvature(self.model, "regression", train_loader)
 
-    def _drop_zero_curvature(
+    def drop_zero_curvature(
         self, scores: torch.Tensor, train_loader: DataLoader | None
     ) -> torch.Tensor:
+        """``scores`` with zero-curvature weights at ``-inf`` (counted in
+        ``n_zero_curvature``, logged); ``ValueError`` if S exceeds the rest."""
         if not self.filter_zero_curvature or train_loader is None:
             return scores
         h = self.curvature_diagonal(train_loader).to(scores.device)
@@ -205,7 +207,7 @@ class ScoreSubnetMask(TrainableSubnetMask):
                 f"{scores.numel()}."
             )
         self.scores = scores
-        scores = self._drop_zero_curvature(scores, train_loader)
+        scores = self.drop_zero_curvature(scores, train_loader)
         S = self._n_params_subnet
         chosen = torch.zeros(self._n_params, dtype=torch.bool, device=scores.device)
         if self.min_per_layer > 0:

@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
-from laplace_subnet_ext.jacobians.batching import split_batch
+from laplace_subnet_ext.jacobians.batching import iter_inputs, split_batch
 from laplace_subnet_ext.posterior.curvature import output_hessian
 from laplace_subnet_ext.selection.base import (
     TrainableSubnetMask,
@@ -209,14 +209,6 @@ class GreedyLaplaceMask(TrainableSubnetMask):
                 break
         return out
 
-    def _eval_batches(self):
-        x = self.eval_inputs
-        if isinstance(x, torch.Tensor | dict):
-            yield x
-            return
-        for batch in x:
-            yield split_batch(batch, self.dict_key_y)[0]
-
     def get_subnet_mask(self, train_loader: DataLoader) -> torch.Tensor:
         if train_loader is None:
             raise ValueError(
@@ -225,14 +217,9 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         S = self._n_params_subnet
         pool_mask = GradientLaplaceMask(self.model, S)
         scores = pool_mask.compute_param_scores(train_loader)
-        scores = pool_mask._drop_zero_curvature(scores, train_loader)
+        scores = pool_mask.drop_zero_curvature(scores, train_loader)
         self.n_zero_curvature = pool_mask.n_zero_curvature
-        kept = self._n_params - self.n_zero_curvature
-        if S > kept:
-            raise ValueError(
-                f"n_params_subnet={S} exceeds the {kept} weights with nonzero "
-                "curvature on the training data; select at most that many."
-            )
+        kept = self._n_params - self.n_zero_curvature  # >= S, or the pool raised
         C = min(kept, max(int(round(self.candidates * S)), self.min_candidates))
         pool = scores.topk(C).indices.sort().values
         jac = SubnetJacobians(
@@ -251,7 +238,12 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         sigma = self.sigma_noise * (len(J) / max(N, len(J))) ** 0.5
         E = J
         if self.eval_inputs is not None:
-            E = torch.cat([jac(X)[0].double() for X in self._eval_batches()])
+            E = torch.cat(
+                [
+                    jac(X)[0].double()
+                    for X in iter_inputs(self.eval_inputs, self.dict_key_y)
+                ]
+            )
         if self.center_logits and self.likelihood != "regression":
             E = E - E.mean(1, keepdim=True)
         order, gains = greedy_schur(

@@ -11,7 +11,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from laplace_subnet_ext import DenseSubnetLaplace
-from laplace_subnet_ext.diagnostics import plot_prior_sweep, prior_sweep
+from laplace_subnet_ext.diagnostics import (
+    glm_along_priors,
+    plot_prior_sweep,
+    prior_sweep,
+)
 from tests.cases import assert_close, mlp
 
 GRID = [10.0**k for k in (-2.0, -1.25, -0.5, 0.25, 1.0, 1.75, 2.5, 3.25, 4.0)]
@@ -144,3 +148,25 @@ def test_plot_draws_every_set_and_mark(tmp_path):
     labels = [t.get_text() for t in axes[0].get_legend().get_texts()]
     assert labels[:2] == ["val", "shifted"] and any("marglik" in t for t in labels)
     axes[0].figure.savefig(tmp_path / "sweep.png")
+
+
+@pytest.mark.parametrize("lik", ["classification", "regression"])
+def test_glm_along_priors_equals_the_predictive_at_each_prior(lik):
+    """One Jacobian pass + eigendecomposition vs laplace's GLM predictive of the
+    same posterior re-set to each prior (Cholesky route), float64."""
+    model, train, _, (Xs, _) = _problem(lik)
+    model = model.double()
+    train = (train[0].double(), train[1].double() if lik == "regression" else train[1])
+    la = _fitted(model, train, lik, prior=2.0)
+    grid = [0.05, 1.0, 30.0]
+    f, f_var = glm_along_priors(la, Xs.double(), grid, batch_size=7)
+    assert f_var.shape == (3, len(Xs), 3, 3)
+    for i, lam in enumerate(grid):
+        ref = _fitted(model, train, lik, prior=1.0)
+        ref.prior_precision = lam
+        f_ref, var_ref = ref._glm_predictive_distribution(Xs.double())
+        assert_close(f, f_ref, 1e-12, "mean")
+        assert_close(f_var[i], var_ref, 1e-9, f"variance at {lam}")
+    assert float(la.prior_precision) == pytest.approx(2.0 * 40 / la.n_params)
+    with pytest.raises(ValueError, match="non-empty and positive"):
+        glm_along_priors(la, Xs.double(), [1.0, 0.0])

@@ -154,3 +154,33 @@ def test_selection_study_quick(tmp_path):
         assert model["verdicts"] and all(
             math.isfinite(v["best_share"]) for v in model["verdicts"]
         )
+
+
+def test_rotated_mnist_quick(tmp_path):
+    res = run_example("rotated_mnist", tmp_path)
+    summary = res["summary"]
+    methods = {(r["method"], r["prior"]) for r in summary}
+    laplaces = [
+        "diag Laplace",
+        "KFAC Laplace",
+        "last-layer Laplace",
+        "subnet Wasserstein",
+        "subnet Wasserstein (SWAG var)",
+        "subnet random",
+    ]
+    expected = {(m, "-") for m in ("MAP", "MC dropout", "ensemble of 2", "SWAG (diag)")}
+    expected |= {(m, p) for m in laplaces for p in ("marglik", "gridsearch")}
+    assert methods == expected
+    for r in summary:
+        if r["angle"] == "ood":
+            assert 0 <= r["ood_auroc"] <= 1
+        else:
+            assert 0 <= r["acc"] <= 1 and 0 <= r["ece"] <= 1 and r["nll"] >= 0
+            assert math.isfinite(r["brier"])
+    assert {r["angle"] for r in summary} == {0, 90, 180, "ood"}
+    (info,) = res["info"]
+    for m in laplaces:
+        lams = info["prior_precision"][m]
+        assert set(lams) == {"marglik", "gridsearch"}
+        assert all(v > 0 and math.isfinite(v) for v in lams.values())
+    assert info["n_zero_curvature"]["subnet random"] >= 0

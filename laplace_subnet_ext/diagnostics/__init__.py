@@ -23,11 +23,16 @@ from laplace_subnet_ext.diagnostics.quality import (
     plot_selection_quality,
     selection_quality,
 )
-from laplace_subnet_ext.diagnostics.sweep import PriorSweep, prior_sweep
+from laplace_subnet_ext.diagnostics.sweep import (
+    PriorSweep,
+    glm_along_priors,
+    prior_sweep,
+)
 
 __all__ = [
     "PriorSweep",
     "prior_sweep",
+    "glm_along_priors",
     "plot_prior_sweep",
     "CaptureResult",
     "FullNetworkReference",

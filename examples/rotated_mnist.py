@@ -49,7 +49,17 @@ import torch.nn.functional as F
 from laplace import Laplace
 from laplace.curvature import AsdlGGN
 from offline_data import animal_mnist_dir, load_animal_mnist, load_mnist_5k
-from sklearn.metrics import roc_auc_score
+from study_common import (
+    GRID,
+    METRICS,
+    auroc,
+    finished_seeds,
+    grid_pick,
+    metrics,
+    probit,
+    seed_path,
+    summarise,
+)
 from torch import nn
 from torch.func import functional_call, jvp
 from torch.utils.data import DataLoader, TensorDataset
@@ -60,8 +70,6 @@ from laplace_subnet_ext.diagnostics import glm_along_priors, prior_sweep
 
 RESULTS = Path(__file__).parent / "results"
 ANGLES = list(range(0, 181, 15))
-GRID = torch.logspace(-2, 4, 13)
-METRICS = ("acc", "nll", "ece", "brier")
 
 
 class Block(nn.Module):
@@ -290,45 +298,6 @@ def linearised_mc(model: nn.Module, la, n_samples: int, seed: int):
     return lambda X: batched(one, X)
 
 
-def probit(f: torch.Tensor, f_var: torch.Tensor) -> torch.Tensor:
-    """laplace's probit approximation of the GLM predictive."""
-    kappa = 1 / torch.sqrt(1.0 + math.pi / 8 * f_var.diagonal(dim1=-2, dim2=-1))
-    return torch.softmax(kappa * f, dim=-1)
-
-
-def metrics(p: torch.Tensor, y: torch.Tensor, n_bins: int = 10) -> dict:
-    p = p.double().clamp_min(1e-12)
-    conf, pred = p.max(-1)
-    hit = (pred == y).double()
-    bins = ((conf * n_bins).ceil().long() - 1).clamp(0, n_bins - 1)
-    ece = sum(
-        float(m.double().mean() * (conf[m].mean() - hit[m].mean()).abs())
-        for b in range(n_bins)
-        if (m := bins == b).any()
-    )
-    return {
-        "acc": float(hit.mean()),
-        "nll": float(F.nll_loss(p.log(), y)),
-        "ece": ece,
-        "brier": float((p - F.one_hot(y, p.shape[-1])).pow(2).sum(-1).mean()),
-    }
-
-
-def entropy(p: torch.Tensor) -> torch.Tensor:
-    p = p.double().clamp_min(1e-12)
-    return -(p * p.log()).sum(-1)
-
-
-def auroc(p_in: torch.Tensor, p_out: torch.Tensor) -> float:
-    scores = torch.cat([entropy(p_in), entropy(p_out)])
-    labels = torch.cat([torch.zeros(len(p_in)), torch.ones(len(p_out))])
-    return float(roc_auc_score(labels.numpy(), scores.numpy()))
-
-
-def grid_pick(nll_along_grid: list[float]) -> float:
-    return float(GRID[int(torch.tensor(nll_along_grid).argmin())])
-
-
 def run_seed(seed: int, quick: bool) -> dict:
     torch.manual_seed(seed)
     tr, va, te = splits(quick)
@@ -351,7 +320,12 @@ def run_seed(seed: int, quick: bool) -> dict:
             )
         if p_ood is not None:
             rows.append(
-                {"method": method, "prior": prior, "ood_auroc": auroc(probs[0], p_ood)}
+                {
+                    "method": method,
+                    "prior": prior,
+                    "angle": "ood",
+                    "ood_auroc": auroc(probs[0], p_ood),
+                }
             )
 
     def timed(method: str, key: str, t0: float) -> None:
@@ -493,33 +467,13 @@ def run_seed(seed: int, quick: bool) -> dict:
                     {
                         "method": name,
                         "prior": prior,
+                        "angle": "ood",
                         "ood_auroc": auroc(out[0][prior], out["ood"][prior]),
                     }
                 )
         timed(name, "predict_both_priors", t0)
         del la
     return {"info": info, "rows": rows}
-
-
-def summarise(runs: list[dict]) -> list[dict]:
-    """Mean and standard error over seeds per (method, prior, angle / OOD)."""
-    groups: dict[tuple, list[dict]] = {}
-    for run in runs:
-        for r in run["rows"]:
-            key = (r["method"], r["prior"], r.get("angle", "ood"))
-            groups.setdefault(key, []).append(r)
-    out = []
-    for (m, prior, a), rs in groups.items():
-        agg = {"method": m, "prior": prior, "angle": a, "n_seeds": len(rs)}
-        for k in (*METRICS, "ood_auroc"):
-            if k in rs[0]:
-                v = torch.tensor([r[k] for r in rs], dtype=torch.float64)
-                agg[k] = float(v.mean())
-                agg[k + "_se"] = (
-                    float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0
-                )
-        out.append(agg)
-    return out
 
 
 def table(summary: list[dict]) -> str:
@@ -585,20 +539,18 @@ def main() -> None:
         t0 = time.time()
         run = run_seed(a.seed, quick=False)
         run["info"]["wall_s"] = time.time() - t0
-        path = out.with_name(f"{out.name}_seed{a.seed}.json")
+        path = seed_path(out, a.seed)
         path.write_text(json.dumps(run, indent=1))
         print(f"wrote {path}")
         return
     elif a.report:
-        runs = [
-            json.loads(p.read_text())
-            for p in sorted(out.parent.glob(f"{out.name}_seed*.json"))
-        ]
-        if not runs:
-            raise SystemExit(f"no finished seeds at {out}_seed*.json")
+        runs = finished_seeds(out)
+        for run in runs:  # seed 0 was written before OOD rows carried "angle"
+            for r in run["rows"]:
+                r.setdefault("angle", "ood")
     else:
         raise SystemExit("give --seed K, --report or --quick")
-    summary = summarise(runs)
+    summary = summarise(runs, "angle")
     (out.with_suffix(".json")).write_text(
         json.dumps(
             {"seeds": [r["info"]["seed"] for r in runs], "summary": summary,

@@ -170,3 +170,32 @@ def test_glm_along_priors_equals_the_predictive_at_each_prior(lik):
     assert float(la.prior_precision) == pytest.approx(2.0 * 40 / la.n_params)
     with pytest.raises(ValueError, match="non-empty and positive"):
         glm_along_priors(la, Xs.double(), [1.0, 0.0])
+
+
+def test_sweep_reads_dict_batches_like_tuples():
+    """Hugging Face style loaders (dict batches, targets under "labels") give the
+    same sweep as the (X, y) tuple."""
+
+    class DictModel(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, batch):
+            return self.net(batch["input_ids"])
+
+    model, train, val, _ = _problem("classification")
+    la = _fitted(model, train, "classification")
+    ref = prior_sweep(la, val, prior_precisions=GRID)
+    dmodel = DictModel(model)
+    dla = DenseSubnetLaplace(
+        dmodel, "classification", torch.arange(5, 45), prior_rescaling=True
+    )
+    rows = [{"input_ids": x, "labels": y} for x, y in zip(*train)]
+    dla.fit(DataLoader(rows, batch_size=16))
+    vrows = [{"input_ids": x, "labels": y} for x, y in zip(*val)]
+    got = prior_sweep(dla, DataLoader(vrows, batch_size=7), prior_precisions=GRID)
+    for a, b in zip(got.rows, ref.rows):
+        for k in ("nll", "acc", "ece", "brier"):
+            assert_close(a[k], b[k], 1e-6, k)
+    assert got.marks["gridsearch"] == ref.marks["gridsearch"]

@@ -184,3 +184,37 @@ def test_rotated_mnist_quick(tmp_path):
         assert set(lams) == {"marglik", "gridsearch"}
         assert all(v > 0 and math.isfinite(v) for v in lams.values())
     assert info["n_zero_curvature"]["subnet random"] >= 0
+
+
+def test_bayesian_lora_text_quick(tmp_path):
+    res = run_example("bayesian_lora_text", tmp_path)
+    summary = res["summary"]
+    methods = {r["method"] for r in summary}
+    (info,) = res["info"]
+    D = info["D"]
+    S = round(0.1 * D)
+    assert {
+        "MAP",
+        "temperature scaling",
+        "MC dropout",
+        "ensemble of 2",
+        "last-layer Laplace",
+        "KFAC Laplace (adapter)",
+        f"full adapter (S={D})",
+        f"subnet greedy_laplace 10% (S={S})",
+        f"subnet Wasserstein 10% (S={S})",
+        f"subnet random 10% (S={S})",
+    } == methods
+    for r in summary:
+        if r["set"] == "ood":
+            assert 0 <= r["ood_auroc"] <= 1
+        else:
+            assert 0 <= r["acc"] <= 1 and 0 <= r["ece"] <= 1 and r["nll"] >= 0
+            assert math.isfinite(r["brier"])
+    laplaces = [m for m in methods if "Laplace" in m or "adapter" in m or "subnet" in m]
+    for m in laplaces:
+        lams = info["prior_precision"][m]
+        assert set(lams) == {"marglik", "gridsearch"}
+    # the KFAC predictive from our Jacobians matched laplace's own on a block
+    assert info["kfac_predictive_check_max_abs_diff"] < 1e-5
+    assert info["temperature"] > 0

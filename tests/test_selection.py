@@ -10,6 +10,7 @@ import torch
 from laplace import FullLaplace
 from laplace.utils import RandomSubnetMask
 from torch.nn.utils import parameters_to_vector
+from torch.utils.data import DataLoader, TensorDataset
 
 from laplace_subnet_ext import DenseSubnetLaplace, selection
 from laplace_subnet_ext.selection import (
@@ -314,3 +315,22 @@ def test_wasserstein_on_attention_uses_the_exact_fallback():
     h = torch.einsum("bcp,bck,bkp->p", J, Lam, J)
     sigma2 = 1.0 / (h + 1.0)  # diagonal Laplace, prior precision 1
     assert_close(mask.scores, sigma2 * h / len(y), 1e-8, "function-space scores")
+
+
+def test_small_real_curvature_is_kept_and_exact_zero_dropped():
+    """Float64: input 0 scaled by 1e-10 (curvature ~1e-20 of the largest, far
+    below eps but real, as a LoRA factor beside its head), input 1 always zero
+    (structurally no curvature)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    X = torch.randn(40, 3)
+    X[:, 0] *= 1e-10
+    X[:, 1] = 0.0
+    dl = DataLoader(TensorDataset(X, torch.randint(2, (40,))), batch_size=8)
+    mask = selection.get("wasserstein")(model, 2, likelihood="classification")
+    mask.select(dl)
+    # weight (2, 3): column 1 of each row -> flat indices 1 and 4
+    assert mask.n_zero_curvature == 2
+    assert not torch.isfinite(mask.drop_zero_curvature(torch.ones(8), dl)[[1, 4]]).any()
+    kept = mask.drop_zero_curvature(torch.ones(8), dl)
+    assert bool(torch.isfinite(kept[[0, 3]]).all())  # the 1e-20 weights stay

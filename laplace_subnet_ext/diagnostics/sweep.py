@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from laplace_subnet_ext.jacobians.batching import split_batch
 from laplace_subnet_ext.posterior import linalg
 
 __all__ = ["PriorSweep", "prior_sweep", "glm_along_priors"]
@@ -64,18 +65,20 @@ class PriorSweep:
         )
 
 
-def _batches(data) -> Iterable[tuple]:
+def _batches(data, dict_key_y: str) -> Iterable[tuple]:
+    """``(X, y)`` of one set given as ``(X, y)`` or as a loader of tuple / dict
+    batches (:func:`~laplace_subnet_ext.jacobians.batching.split_batch`)."""
     if isinstance(data, tuple | list) and len(data) == 2 and torch.is_tensor(data[1]):
         yield data[0], data[1]
         return
     for batch in data:
-        yield batch[0], batch[1]
+        yield split_batch(batch, dict_key_y)
 
 
 def _projected(la, data, V):
     """``(J V, f, y)`` of one evaluation set, block by block."""
     JVs, fs, ys = [], [], []
-    for X, y in _batches(data):
+    for X, y in _batches(data, la.dict_key_y):
         Js, f = la._jacobians(X)
         JVs.append(Js.to(V.dtype) @ V)
         fs.append(f)

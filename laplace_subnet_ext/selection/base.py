@@ -14,6 +14,11 @@ curvature, so its posterior is the prior and it cannot change a prediction.
 Every :class:`ScoreSubnetMask` drops such weights before choosing
 (``filter_zero_curvature=True``), records how many in ``n_zero_curvature`` and
 logs it; asking for more weights than have curvature is a ``ValueError``.
+"Zero" is :math:`h_d \le \epsilon^2 \max_d h_d` with :math:`\epsilon` the machine
+epsilon of the curvature's dtype: a diagonal entry is a sum of
+squared output gradients, so round-off of gradients that are structurally zero
+enters squared. Small but real curvature is kept: a LoRA adapter's factors can lie
+ten orders of magnitude below its head's and still be the weights asked for.
 
 Index space: the parameters that require grad, in ``model.parameters()`` order -
 the vector laplace's posteriors (``BaseLaplace.params``) and
@@ -205,7 +210,7 @@ class ScoreSubnetMask(TrainableSubnetMask):
         if not self.filter_zero_curvature or train_loader is None:
             return scores
         h = self.curvature_diagonal(train_loader).to(scores.device)
-        zero = h <= torch.finfo(h.dtype).eps * h.abs().max()
+        zero = h <= torch.finfo(h.dtype).eps ** 2 * h.abs().max()
         self.n_zero_curvature = int(zero.sum())
         if not self.n_zero_curvature:
             return scores

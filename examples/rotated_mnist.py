@@ -164,14 +164,19 @@ def ood_set(quick: bool) -> torch.Tensor | None:
     return X[perm[: 100 if quick else 1000]]
 
 
-def train(model: nn.Module, data, epochs: int, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    loader = DataLoader(
+def shuffled(data, seed: int) -> DataLoader:
+    """Seeded shuffling loader of ``(X, y)``, batches of 128."""
+    return DataLoader(
         TensorDataset(*data),
         batch_size=128,
         shuffle=True,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def train(model: nn.Module, data, epochs: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    loader = shuffled(data, seed)
     opt = torch.optim.SGD(
         model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True
     )
@@ -226,12 +231,7 @@ def swag(model: nn.Module, train_data, epochs: int, n_samples: int, seed: int):
     constant learning rate from the MAP. Returns the predictor and the variance."""
     work = copy.deepcopy(model)
     torch.manual_seed(seed)
-    loader = DataLoader(
-        TensorDataset(*train_data),
-        batch_size=128,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    loader = shuffled(train_data, seed)
     opt = torch.optim.SGD(work.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     vec = lambda m: nn.utils.parameters_to_vector(m.parameters()).detach()  # noqa: E731
     mean, sq = torch.zeros_like(vec(work)), torch.zeros_like(vec(work))

@@ -79,7 +79,7 @@ def _projected(la, data, V):
     """``(J V, f, y)`` of one evaluation set, block by block."""
     JVs, fs, ys = [], [], []
     for X, y in _batches(data, la.dict_key_y):
-        Js, f = la._jacobians(X)
+        Js, f = la.jacobians(X)
         JVs.append(Js.to(V.dtype) @ V)
         fs.append(f)
         ys.append(y.to(f.device))
@@ -115,10 +115,10 @@ def _metrics(la, f, f_var, y, n_bins: int) -> dict[str, float]:
 
 def _check_scalar_prior(la, what: str) -> None:
     la._check_H_init()
-    if la._prior_structure != "scalar":
+    if la.prior_structure != "scalar":
         raise ValueError(
             f"{what} needs a scalar prior precision; got prior structure "
-            f"{la._prior_structure!r}. Set la.prior_precision to a float first."
+            f"{la.prior_structure!r}. Set la.prior_precision to a float first."
         )
 
 
@@ -166,10 +166,10 @@ def glm_along_priors(
         else [X]
     )
     fs, fvars = [], []
-    h = la._H_factor
+    h = la.precision.h
     with torch.no_grad():
         for xb in blocks:
-            Js, f = la._jacobians(xb)
+            Js, f = la.jacobians(xb)
             JV = Js.to(V.dtype) @ V
             fvars.append(
                 torch.stack(
@@ -236,7 +236,7 @@ def prior_sweep(
     projected = {name: _projected(la, data, V) for name, data in sets.items()}
     scale = la.n_params / la.n_params_subnet if la.prior_rescaling else 1.0
     sweep = PriorSweep(grid)
-    h = la._H_factor
+    h = la.precision.h
     with torch.no_grad():
         for lam in grid.tolist():
             lam_t = torch.tensor(lam, dtype=g.dtype, device=g.device)

@@ -213,8 +213,6 @@ class DenseSubnetLaplace(
         self._prior_structure: str | None = None
         self._prior_precision_spec: torch.Tensor | None = None
         self._prior_mean_spec: torch.Tensor | None = None
-        self._eig_cache: tuple | None = None
-        self._eigvals_cache: tuple | None = None
         self.prior_rescaling = bool(prior_rescaling)
         self.prior_precision_full_network: torch.Tensor | None = None
         if curvature_dtype is not None and curvature_dtype not in (
@@ -360,8 +358,6 @@ class DenseSubnetLaplace(
         )
 
     def _init_H(self) -> None:
-        self._eig_cache = self._eigvals_cache = None
-        self._posterior_scale = None
         if self.n_params_subnet is None:
             self.H = None
             return
@@ -386,8 +382,7 @@ class DenseSubnetLaplace(
             self._init_H()
             self.loss = 0.0
             self.n_data = 0
-        self._eig_cache = self._eigvals_cache = None
-        self._posterior_scale = None
+        self._precision.invalidate()  # (added into in place: keys change anyway)
         self.model.eval()
         self.mean = parameters_to_vector(self.params)
         if not self.enable_backprop:

@@ -138,15 +138,13 @@ class SubnetStateMixin:
         self.prior_rescaling = state_dict["prior_rescaling"]
         self.prior_precision_full_network = state_dict["prior_precision_full_network"]
         self.mean = state_dict["mean"].to(self._device)
-        self.H = state_dict["H"].to(self._device, self._cdtype)
+        self.H = state_dict["H"].to(self._device, self._cdtype, copy=True)
         self.loss = state_dict["loss"]
         self.sigma_noise = state_dict["sigma_noise"]
         self.n_data = state_dict["n_data"]
         self.n_outputs = state_dict["n_outputs"]
         self.temperature = state_dict["temperature"]
         self.enable_backprop = state_dict["enable_backprop"]
-        self._eig_cache = self._eigvals_cache = None
-        self._posterior_scale = None
 
     def _warn_if_other_subnetwork(self, indices: torch.Tensor) -> None:
         """Warn when the state's subnetwork replaces a different one of this object."""

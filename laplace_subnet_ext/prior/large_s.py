@@ -30,23 +30,22 @@ from typing import Any
 
 import torch
 
-from laplace_subnet_ext.posterior.slq import lanczos_quadrature
-
-__all__ = ["tune_scalar_prior_slq", "slq_spectrum"]
+__all__ = ["tune_scalar_prior_slq", "SLQ_DEFAULTS"]
 
 logger = logging.getLogger("laplace_subnet_ext")
 
-
-def slq_spectrum(
-    la: Any, n_probes: int = 32, n_steps: int = 64, seed: int = 0
-) -> tuple:
-    """Cached SLQ nodes and weights of ``la.H`` (per curvature)."""
-    key = (la._H_key(), n_probes, n_steps, seed)
-    cache = getattr(la, "_slq_cache", None)
-    if cache is None or cache[0] != key:
-        nodes, weights = lanczos_quadrature(la.H.detach(), n_probes, n_steps, seed)
-        la._slq_cache = cache = (key, nodes, weights)
-    return cache[1], cache[2]
+#: SLQ probes m, Lanczos steps k and probe seed of the large-S path (accuracy
+#: benchmark: lambda within 0.05 % after the exact correction)
+SLQ_DEFAULTS = {"n_probes": 32, "n_steps": 64, "seed": 0}
+#: search interval of log(lambda), its grid points and golden-section steps
+LOG_LAMBDA_RANGE = (-20.0, 20.0)
+GRID_POINTS = 401
+GOLDEN_STEPS = 80
+#: finite-difference step of the surrogate's curvature, the smallest curvature
+#: a Newton step divides by, and the largest Newton step in log(lambda)
+CURVATURE_STEP = 1e-3
+MIN_CURVATURE = 1e-12
+MAX_NEWTON_STEP = 0.5
 
 
 def _surrogate(t: torch.Tensor, nodes, weights, h: float, S: int, sc: float):
@@ -56,12 +55,14 @@ def _surrogate(t: torch.Tensor, nodes, weights, h: float, S: int, sc: float):
     return -0.5 * (ratio + lam[:, 0] * sc)
 
 
-def _argmax(fn, lo: float = -20.0, hi: float = 20.0) -> float:
-    grid = torch.linspace(lo, hi, 401, dtype=torch.float64)
+def _argmax(
+    fn, lo: float = LOG_LAMBDA_RANGE[0], hi: float = LOG_LAMBDA_RANGE[1]
+) -> float:
+    grid = torch.linspace(lo, hi, GRID_POINTS, dtype=torch.float64)
     i = int(fn(grid).argmax())
-    a, b = float(grid[max(i - 1, 0)]), float(grid[min(i + 1, 400)])
+    a, b = float(grid[max(i - 1, 0)]), float(grid[min(i + 1, GRID_POINTS - 1)])
     r = (math.sqrt(5) - 1) / 2
-    for _ in range(80):
+    for _ in range(GOLDEN_STEPS):
         c, d = b - r * (b - a), a + r * (b - a)
         fc, fd = fn(torch.tensor([c, d], dtype=torch.float64)).tolist()
         if fc > fd:
@@ -73,11 +74,11 @@ def _argmax(fn, lo: float = -20.0, hi: float = 20.0) -> float:
 
 def tune_scalar_prior_slq(
     la: Any,
-    n_probes: int = 32,
-    n_steps: int = 64,
+    n_probes: int = SLQ_DEFAULTS["n_probes"],
+    n_steps: int = SLQ_DEFAULTS["n_steps"],
     refine: bool = True,
     delta: float = 0.05,
-    seed: int = 0,
+    seed: int = SLQ_DEFAULTS["seed"],
 ) -> dict[str, float]:
     r"""Set ``la.prior_precision`` to the scalar maximising the log evidence.
 
@@ -101,9 +102,9 @@ def tune_scalar_prior_slq(
         refined) and timings; also stored as ``la.marglik_tuning_info``.
     """
     t0 = time.perf_counter()
-    nodes, weights = slq_spectrum(la, n_probes, n_steps, seed)
+    nodes, weights = la.precision.slq(n_probes, n_steps, seed)
     t_slq = time.perf_counter() - t0
-    h = float(la._H_factor)
+    h = float(la.precision.h)
     S = la.n_params_subnet
     delta_theta = (la.mean_subnet - la.prior_mean).to(torch.float64)
     sc = float(delta_theta @ delta_theta)
@@ -123,10 +124,10 @@ def tune_scalar_prior_slq(
         la.prior_precision = math.exp(t_hat)
         info["lambda"] = math.exp(t_hat)
     else:
-        e = 1e-3
+        e = CURVATURE_STEP
         tt = torch.tensor([t_hat - e, t_hat, t_hat + e], dtype=torch.float64)
         p = psi(tt)
-        curv = max(float(-(p[0] - 2 * p[1] + p[2]) / e**2), 1e-12)
+        curv = max(float(-(p[0] - 2 * p[1] + p[2]) / e**2), MIN_CURVATURE)
 
         def exact(t: float) -> float:
             with torch.no_grad():
@@ -135,7 +136,8 @@ def tune_scalar_prior_slq(
         t1 = time.perf_counter()
         f0, f1 = exact(t_hat), exact(t_hat + delta)
         slope = (f1 - f0) / delta + curv * delta / 2
-        t_star = t_hat + max(-0.5, min(0.5, slope / curv))
+        step = slope / curv
+        t_star = t_hat + max(-MAX_NEWTON_STEP, min(MAX_NEWTON_STEP, step))
         f_star = exact(t_star)  # last: leaves the factor at the tuned prior
         if f_star < f0:  # the Newton step did not improve: keep the SLQ optimum
             t_star, f_star = t_hat, exact(t_hat)

@@ -17,7 +17,8 @@ from laplace.baselaplace import ParametricLaplace
 from laplace.utils.enums import PredType, PriorStructure, TuningMethod
 from laplace.utils.utils import validate
 
-from laplace_subnet_ext.prior.large_s import slq_spectrum, tune_scalar_prior_slq
+from laplace_subnet_ext.posterior.memory import EIGH_MATRICES
+from laplace_subnet_ext.prior.large_s import SLQ_DEFAULTS, tune_scalar_prior_slq
 from laplace_subnet_ext.prior.spec import as_prior_tensor
 
 __all__ = ["PriorTuningMixin"]
@@ -177,7 +178,7 @@ class PriorTuningMixin:
         )
         surrogate = self._prior_structure == "scalar" and self._marglik_path() == "slq"
         if surrogate:  # large S: SLQ spectrum, O(m k) per step
-            nodes, weights = slq_spectrum(self)
+            nodes, weights = self._precision.slq(**SLQ_DEFAULTS)
         for _ in range(n_steps):
             opt.zero_grad()
             sigma = log_sigma.exp() if tune_sigma_noise else None
@@ -212,7 +213,7 @@ class PriorTuningMixin:
         if self._prior_structure != "scalar" or self._marglik_path() != "exact":
             return False
         try:
-            self._check_factor_fits()
+            self._precision.check_fits(EIGH_MATRICES, "its eigendecomposition")
         except ValueError:
             return False
         return True

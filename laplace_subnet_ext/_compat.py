@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import laplace.laplace as _front
 import torch
+from laplace.baselaplace import ParametricLaplace
 
 __all__ = [
     "LAPLACE_PRIVATES",
     "functional_hessian",
+    "init_parametric",
     "mc_functional_fisher",
     "register_override",
     "unregister_override",
@@ -32,7 +34,8 @@ __all__ = [
 
 #: ``(owner, name) -> parameter names`` of a method, ``"property"``, or
 #: ``"attribute"`` (an instance attribute set by laplace's ``__init__``).
-#: Owners: ``"FullSubnetLaplace"``, ``"GGNInterface"``, ``"laplace.laplace"``.
+#: Owners: ``"FullSubnetLaplace"``, ``"GGNInterface"``, ``"ParametricLaplace"``,
+#: ``"laplace.laplace"``.
 LAPLACE_PRIVATES: dict[tuple[str, str], tuple[str, ...] | str] = {
     # hooks the posterior overrides (called by laplace's own methods)
     ("FullSubnetLaplace", "_init_H"): ("self",),
@@ -81,7 +84,32 @@ LAPLACE_PRIVATES: dict[tuple[str, str], tuple[str, ...] | str] = {
     ("GGNInterface", "_get_mc_functional_fisher"): ("self", "f"),
     # the front door's class discovery
     ("laplace.laplace", "_all_subclasses"): ("cls",),
+    # the constructor the posterior calls past FullSubnetLaplace's own (which
+    # would build laplace's full-Jacobian subnetwork machinery)
+    ("ParametricLaplace", "__init__"): (
+        "self",
+        "model",
+        "likelihood",
+        "sigma_noise",
+        "prior_precision",
+        "prior_mean",
+        "temperature",
+        "enable_backprop",
+        "dict_key_x",
+        "dict_key_y",
+        "backend",
+        "backend_kwargs",
+        "asdl_fisher_kwargs",
+    ),
 }
+
+
+def init_parametric(la, model, likelihood, **kwargs) -> None:
+    """Run laplace's ``ParametricLaplace.__init__`` on ``la``, skipping
+    ``FullSubnetLaplace.__init__`` (it expects laplace's own subnetwork indices
+    and sets up its full-Jacobian route). ``la.H`` must already be ``None`` so
+    that no D x D matrix is allocated."""
+    ParametricLaplace.__init__(la, model, likelihood, **kwargs)
 
 
 def functional_hessian(curv, f: torch.Tensor) -> torch.Tensor | None:

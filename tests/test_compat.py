@@ -9,6 +9,7 @@ import laplace.laplace as front
 import pytest
 import torch
 from laplace import FullSubnetLaplace
+from laplace.baselaplace import ParametricLaplace
 from laplace.curvature import GGNInterface
 from torch import nn
 
@@ -17,6 +18,7 @@ from laplace_subnet_ext._compat import LAPLACE_PRIVATES
 OWNERS = {
     "FullSubnetLaplace": FullSubnetLaplace,
     "GGNInterface": GGNInterface,
+    "ParametricLaplace": ParametricLaplace,
     "laplace.laplace": front,
 }
 

@@ -292,6 +292,32 @@ def test_selection_quality_rows():
     assert all(0 < r["share"] <= 1 and r["seconds"] >= 0 for r in rows)
 
 
+def test_selection_quality_records_only_not_applicable_errors():
+    model, dl, X = _problem("classification")
+
+    def refuses(S):
+        raise ValueError("n_params_subnet: too large for this strategy")
+
+    def broken(S):
+        raise RuntimeError("a bug, not a measurement")
+
+    kw = dict(sizes=[5], prior_precision=1.0)
+    rows = selection_quality(
+        model, "classification", dl, X[:5], strategies={"r": refuses}, **kw
+    )
+    assert rows == [
+        {
+            "strategy": "r",
+            "S": 5,
+            "error": "ValueError: n_params_subnet: too large for this strategy",
+        }
+    ]
+    with pytest.raises(RuntimeError, match="a bug"):
+        selection_quality(
+            model, "classification", dl, X[:5], strategies={"b": broken}, **kw
+        )
+
+
 def test_backpack_route_is_decided_from_the_model():
     from laplace_subnet_ext.selection.variance import (
         backpack_applies,

@@ -14,6 +14,10 @@ from laplace_subnet_ext.diagnostics.capture import FullNetworkReference
 from laplace_subnet_ext.diagnostics.plot import pyplot
 from laplace_subnet_ext.selection.registry import get
 
+#: Exceptions that mean "this strategy does not apply to this model or size";
+#: :func:`selection_quality` records them as a row's ``error``.
+_NOT_APPLICABLE = (ValueError, NotImplementedError)
+
 __all__ = ["selection_quality", "plot_selection_quality"]
 
 
@@ -72,8 +76,11 @@ def selection_quality(
         ``share``, ``wasserstein``, ``wasserstein_map``, ``share_centered``,
         ``wasserstein_centered`` (classification; see
         :class:`~.capture.CaptureResult`), ``seconds`` (the
-        selection's wall time), ``n_zero_curvature``; a strategy that raised has
-        ``error`` instead of the measurements.
+        selection's wall time), ``n_zero_curvature``; a strategy that does not
+        apply to the model (it raised ``ValueError``, e.g. a size it refuses, or
+        ``NotImplementedError``, e.g. laplace's KFAC on a layer it does not
+        support) has ``error`` instead of the measurements. Any other exception
+        propagates: it is a bug, not a measurement.
     """
     ref = reference or FullNetworkReference(
         model,
@@ -100,7 +107,7 @@ def selection_quality(
                     dict((strategy_kwargs or {}).get(label, {})),
                 )
                 idx = torch.as_tensor(mask.select(train_loader)).flatten()
-            except (ValueError, RuntimeError, NotImplementedError, TypeError) as e:
+            except _NOT_APPLICABLE as e:
                 row["error"] = f"{type(e).__name__}: {e}"
                 rows.append(row)
                 continue

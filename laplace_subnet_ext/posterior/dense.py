@@ -19,12 +19,12 @@ from typing import Any
 import torch
 import tqdm
 from laplace import FullSubnetLaplace
-from laplace.baselaplace import ParametricLaplace
 from laplace.curvature import EFInterface, GGNInterface
 from torch import nn
 from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader
 
+from laplace_subnet_ext._compat import init_parametric
 from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
 from laplace_subnet_ext.jacobians.batching import to_device
 from laplace_subnet_ext.posterior.curvature import (
@@ -240,7 +240,7 @@ class DenseSubnetLaplace(
         self.predictive_block_bytes = int(predictive_block_bytes)
         self.n_params_subnet: int | None = None
         self.H = None  # keeps ParametricLaplace from allocating a D x D matrix
-        ParametricLaplace.__init__(
+        init_parametric(
             self,
             model,
             likelihood,

@@ -51,9 +51,12 @@ def _build(kind: str, width: int):
     return nn.Sequential(*layers).eval(), (3, 32, 32)
 
 
-def TokenTransformer(d: int, vocab: int = 1000, seq: int = 32, layers: int = 6):
+def TokenTransformer(
+    d: int, vocab: int = 1000, seq: int = 32, layers: int = 6, batch_first=True
+):
     """Token classifier: Embedding + sinusoidal positions, ``nn.TransformerEncoder``
-    (batch first, pre-norm off, no dropout), mean pool, Linear head (10 classes)."""
+    (pre-norm off, no dropout; ``batch_first=False`` feeds it ``(t, b, d)``), mean
+    pool, Linear head (10 classes). Both layouts hold the same parameters."""
     import torch
     from torch import nn
 
@@ -66,13 +69,16 @@ def TokenTransformer(d: int, vocab: int = 1000, seq: int = 32, layers: int = 6):
                 "pos", torch.stack([pos.sin(), pos.cos()], -1).flatten(1)
             )
             layer = nn.TransformerEncoderLayer(
-                d, 4, 4 * d, dropout=0.0, batch_first=True
+                d, 4, 4 * d, dropout=0.0, batch_first=batch_first
             )
             self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
             self.head = nn.Linear(d, 10)
 
         def forward(self, tokens):
-            return self.head(self.enc(self.emb(tokens) + self.pos).mean(1))
+            x = self.emb(tokens) + self.pos
+            if batch_first:
+                return self.head(self.enc(x).mean(1))
+            return self.head(self.enc(x.transpose(0, 1)).mean(0))
 
     return Net().eval()
 

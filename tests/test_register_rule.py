@@ -120,3 +120,59 @@ def test_overwritten_builtin_comes_back():
     register_rule(nn.Linear, ScaleRule(), overwrite=True)
     unregister_rule(nn.Linear)
     assert RULES[nn.Linear] is builtin
+
+
+class PairScale(Scale):
+    """``(x * w, x.sum())``: a tuple output, which the default hook skips."""
+
+    def forward(self, x):
+        return x * self.w, x.sum(-1)
+
+
+class PairScaleRule(ScaleRule):
+    """Owns its capture hook (``Rule.attach``): records on the tuple's first part."""
+
+    cls = PairScale
+
+    def attach(self, module, capture):
+        def hook(m, inputs, output):
+            capture.record(self.uses(m, inputs, output[0]))
+            return (output[0].clone(), output[1])
+
+        return [module.register_forward_hook(hook, prepend=True)]
+
+
+class PairHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.pair, self.out = nn.Linear(3, 5), PairScale(5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        z, s = self.pair(self.inp(x))
+        return self.out(torch.tanh(z)) + s[:, None]
+
+
+def test_rule_with_its_own_capture_hook_is_fast_and_exact():
+    from laplace_subnet_ext.jacobians import RULES
+
+    def fit(method="auto"):
+        torch.manual_seed(0)
+        model = PairHead().double()
+        dl = loader("classification", n=12, bs=5)
+        dl.dataset.tensors = (dl.dataset.tensors[0].double(), dl.dataset.tensors[1])
+        D = sum(p.numel() for p in model.parameters())
+        la = DenseSubnetLaplace(
+            model, "classification", torch.arange(D), jacobian_method=method
+        )
+        la.fit(dl)
+        return la
+
+    assert [s.name for s in fit().jacobians.split()[1]] == ["pair.w"]  # no rule
+    register_rule(PairScale, PairScaleRule())
+    try:
+        la = fit()
+        assert la.jacobians.split()[1] == [] and la.generic_reasons == {}
+        assert_close(la.H, fit("functional").H, 1e-10, "H with an attach() rule")
+    finally:
+        if PairScale in RULES:
+            unregister_rule(PairScale)

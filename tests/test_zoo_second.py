@@ -21,6 +21,7 @@ from laplace_subnet_ext.jacobians import RULES, SubnetJacobians, SubnetLayout
 from laplace_subnet_ext.jacobians.rules import LinearRule, Use
 from tests.cases import assert_close
 from tests.test_zoo import reference
+from tests.zoo import E, SeqFirstMisused, perturbed
 from tests.zoo_second import CASES, B, moe_model, moe_x
 
 MODES = {
@@ -196,3 +197,18 @@ def test_llama_family_float64_stays_on_the_fast_path():
     H_ref = reference_H(model, x, idx)
     # the model itself computes in float32 in places: agreement at that accuracy
     assert_close(la.H, H_ref, 1e-5, "Llama H")
+
+
+def test_sequence_first_layout_misused_is_caught_by_the_sample_check():
+    """A seq-first layer's Linear called on batch-first rows with t == b: the
+    layout rule credits rows to the wrong samples; the sample check demotes it."""
+    torch.manual_seed(0)
+    model = perturbed(SeqFirstMisused())
+    x = torch.randn(4, 4, E)
+    D = sum(p.numel() for p in model.parameters())
+    jac = SubnetJacobians(model, SubnetLayout(model, torch.arange(D)), verify=False)
+    Js, _ = jac(x)
+    assert "sample check" in jac.generic_reasons["layer.linear1.weight"]
+    assert "head.weight" not in jac.generic_reasons
+    J, _ = autograd_jacobian(model, x)
+    assert_close(Js, J, 1e-10, "misused seq-first Linear")

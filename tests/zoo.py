@@ -149,6 +149,45 @@ def conv_stack(*layers) -> nn.Module:
     return nn.Sequential(*layers, nn.Flatten(), nn.LazyLinear(C))
 
 
+#: tensors of a sequence-first ``nn.TransformerEncoder`` that take the fast path
+SEQ_FIRST_FAST = ("in_proj_weight", "linear1.weight", "linear2.bias")
+SEQ_FIRST_FAST += ("norm1.weight", "norm2.bias")
+
+
+def seq_first_encoder() -> nn.Module:
+    """Two ``batch_first=False`` layers and a final LayerNorm: ``(t, b, e)``."""
+    layer = nn.TransformerEncoderLayer(E, 2, 12, dropout=0.0)
+    return nn.TransformerEncoder(
+        layer, 2, norm=nn.LayerNorm(E), enable_nested_tensor=False
+    )
+
+
+class SelfDecoder(nn.Module):
+    """A sequence-first decoder layer attending to its own input: ``(t, b, e)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.dec = nn.TransformerDecoderLayer(E, 2, 12, dropout=0.0)
+
+    def forward(self, x):
+        return self.dec(x, x.tanh())
+
+
+class SeqFirstMisused(nn.Module):
+    """Calls a sequence-first layer's ``linear1`` outside the layer on batch-first
+    rows (b, t, e) with t == b: the layout the rule assumes is wrong, and only the
+    sample check can tell."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(E, 2, 12, dropout=0.0)
+        self.head = nn.Linear(12, C)
+
+    def forward(self, x):
+        h = self.layer.linear1(x).tanh()  # (b, t, 12), batch leading
+        return self.head(h.mean(1))
+
+
 def _seq():
     return torch.randn(B, L, E)
 
@@ -287,15 +326,27 @@ ZOO = [
     ),
     ZooCase(
         "encoder_seq_first",
-        lambda: Pool(
-            nn.TransformerEncoder(
-                nn.TransformerEncoderLayer(E, 2, 12, dropout=0.0),
-                2,
-                enable_nested_tensor=False,
-            ),
-            seq_first=True,
-        ),
+        lambda: Pool(seq_first_encoder(), seq_first=True),
         _seq,
+        SEQ_FIRST_FAST + ("body.norm.weight",),
+    ),
+    ZooCase(  # sequence length == batch: only the layer's layout tells them apart
+        "encoder_seq_first_square",
+        lambda: Pool(seq_first_encoder(), seq_first=True),
+        lambda: torch.randn(B, B, E),
+        SEQ_FIRST_FAST,
+    ),
+    ZooCase(
+        "decoder_layer_seq_first",
+        lambda: Pool(SelfDecoder(), seq_first=True),
+        _seq,
+        ("self_attn.in_proj_weight", "multihead_attn.out_proj.weight")
+        + ("linear1.weight", "norm3.weight"),
+    ),
+    ZooCase(  # a seq-first layer's Linear called on batch-first rows: not fast
+        "seq_first_linear_misused",
+        SeqFirstMisused,
+        lambda: torch.randn(B, B, E),
     ),
     ZooCase("tied_embedding_head", TiedLM, _tokens, ("emb.weight",)),
     ZooCase("module_called_twice", CalledTwice, _seq, ("lin.weight",)),

@@ -1,12 +1,17 @@
 r"""Record the uses of tracked parameters during one forward pass.
 
-Forward hooks on every module that has a rule (:mod:`.rules`) and holds a
-tracked parameter call the rule, which returns :class:`~.rules.Use` records.
+Every module that has a rule (:mod:`.rules`) and holds a tracked parameter gets
+the hooks its rule installs (``Rule.attach``): by default a forward hook that
+calls the rule, which returns :class:`~.rules.Use` records.
 ``nn.MultiheadAttention`` applies its projections inside
-``F.multi_head_attention_forward``; while such a module runs, the name
-``torch.nn.functional.linear`` is bound to a recorder that notes every call whose
-weight or bias is a tracked parameter (and is restored when the module returns,
-or when the capture exits on an error).
+``F.multi_head_attention_forward``; its rule binds the name
+``torch.nn.functional.linear`` to a recorder while the module runs (restored when
+the module returns, or when the capture exits on an error).
+
+Inside a sequence-first layer (``nn.TransformerEncoderLayer(batch_first=False)``
+and the other :data:`~.rules.LAYOUT_OWNERS`), a module's input is ``(t, n, ...)``
+by that layer's own ``forward``; its rule's ``sequence_first_uses`` reads the
+batch from dimension 1.
 
 Each hook returns a copy of the module output, so that later in-place
 operations (``ReLU(inplace=True)``, ``x += ...``) cannot change the recorded
@@ -20,10 +25,9 @@ hook, so while one is registered nothing takes the fast path
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from laplace_subnet_ext.jacobians.rules import MultiheadAttentionRule, Use, rule_for
+from laplace_subnet_ext.jacobians.rules import Use, rule_for, sequence_first_modules
 
 __all__ = ["FastCapture", "holders"]
 
@@ -60,10 +64,10 @@ class FastCapture:
     def __init__(self, model: nn.Module, params: list[torch.Tensor]) -> None:
         self.params = {id(p): p for p in params}
         self.modules = holders(model, params)
+        #: ids of the modules inside a sequence-first layer (inputs ``(t, n, ...)``)
+        self.sequence_first = sequence_first_modules(model)
         self.uses: dict[int, list[Use]] = {k: [] for k in self.params}
         self._handles: list = []
-        self._saved_linear = None
-        self._attention_batch: int | None = None
         #: why no use can be trusted in this pass (global forward hooks), or ""
         self.foreign_hooks = (
             "a global forward hook is registered (it runs before the capture "
@@ -73,63 +77,38 @@ class FastCapture:
         )
 
     def __enter__(self) -> FastCapture:
-        for m in self.modules:
-            if isinstance(m, nn.MultiheadAttention):
-                self._handles.append(
-                    m.register_forward_pre_hook(
-                        self._enter_attention, with_kwargs=True, prepend=True
-                    )
-                )
-                self._handles.append(
-                    m.register_forward_hook(self._leave_attention, prepend=True)
-                )
-            else:
-                self._handles.append(m.register_forward_hook(self._hook, prepend=True))
+        try:
+            for m in self.modules:
+                self._handles += rule_for(m).attach(m, self)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
-        for h in self._handles:
+        for h in reversed(self._handles):
             h.remove()
         self._handles.clear()
-        self._restore_linear()
 
-    # ------------------------------------------------------------------ modules
-    def _add(self, uses: list[Use]) -> None:
+    # ------------------------------------------------------- used by the rules
+    def tracks(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` is one of the tracked parameters."""
+        return id(tensor) in self.params
+
+    def record(self, uses: list[Use]) -> None:
+        """Keep the uses of tracked parameters."""
         for u in uses:
             if id(u.param) in self.uses:
                 self.uses[id(u.param)].append(u)
 
-    def _hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor):
+    def module_hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor):
+        """The default forward hook (``Rule.attach``): record the rule's uses and
+        return a copy of the output (later in-place ops cannot change it)."""
         if not inputs or not isinstance(output, torch.Tensor):
             return None
-        self._add(rule_for(module).uses(module, inputs, output))
+        rule = rule_for(module)
+        if id(module) in self.sequence_first:
+            self.record(rule.sequence_first_uses(module, inputs, output))
+        else:
+            self.record(rule.uses(module, inputs, output))
         return output.clone()
-
-    # ---------------------------------------------------------------- attention
-    def _enter_attention(self, module, args, kwargs):
-        query = args[0] if args else kwargs.get("query")
-        self._attention_batch = MultiheadAttentionRule.batch_size(module, query)
-        if self._saved_linear is None:
-            self._saved_linear = F.linear
-            F.linear = self._recording_linear
-        return None
-
-    def _leave_attention(self, module, inputs, output):
-        self._restore_linear()
-        self._attention_batch = None
-        return None
-
-    def _restore_linear(self) -> None:
-        if self._saved_linear is not None:
-            F.linear = self._saved_linear
-            self._saved_linear = None
-
-    def _recording_linear(self, input, weight, bias=None):
-        out = self._saved_linear(input, weight, bias)
-        n = self._attention_batch
-        w = weight if id(weight) in self.params else None
-        b = bias if bias is not None and id(bias) in self.params else None
-        if n is None or (w is None and b is None):
-            return out
-        self._add(MultiheadAttentionRule.linear_call_uses(w, b, input, out, n))
-        return out.clone()

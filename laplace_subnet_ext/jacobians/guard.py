@@ -181,30 +181,29 @@ def misattributed(
 ) -> float:
     r"""Relative error of a use's sample crediting, from two backward passes.
 
-        A fast rule credits row :math:`r` of a use's output :math:`z` to sample
-        :math:`b(r)` (``Use.sample_rows``). That is right if and only if
-        :math:`\partial f_{b'} / \partial z_r = 0` for every :math:`b'
-    e b(r)`.
-        With :math:`d_k = \partial (\sum_b f_{bk}) / \partial z` (the engine's
-        per-output passes) and one more pass of :math:`\sum_{bk} u_{bk} f_{bk}`
-        for random :math:`u`, the crediting implies
+    A fast rule credits row :math:`r` of a use's output :math:`z` to sample
+    :math:`b(r)` (``Use.sample_rows``). That is right if and only if
+    :math:`\partial f_{b'} / \partial z_r = 0` for every :math:`b' \ne b(r)`.
+    With :math:`d_k = \partial (\sum_b f_{bk}) / \partial z` (the engine's
+    per-output passes) and one more pass of :math:`\sum_{bk} u_{bk} f_{bk}`
+    for random :math:`u`, the crediting implies
 
-        .. math:: \partial_{z_r} 	extstyle\sum_{bk} u_{bk} f_{bk}
-                  = \sum_k u_{b(r) k}\, (d_k)_r ,
+    .. math:: \partial_{z_r} \textstyle\sum_{bk} u_{bk} f_{bk}
+              = \sum_k u_{b(r) k}\, (d_k)_r ,
 
-        and any row that reaches another sample, or another sample's output
-        (gathered / scattered / sorted rows, batch statistics, a sequence-first
-        layout mistaken for batch-first), breaks it for almost every :math:`u`.
+    and any row that reaches another sample, or another sample's output
+    (gathered / scattered / sorted rows, batch statistics, a sequence-first
+    layout mistaken for batch-first), breaks it for almost every :math:`u`.
 
-        Parameters
-        ----------
-        per_output : torch.Tensor
-            ``(n, m)``: :math:`\sum_k u_{b(r)k} (d_k)_r` in the use's sample layout.
-        weighted : torch.Tensor
-            ``(n, m)``: the gradient of :math:`\sum_{bk} u_{bk} f_{bk}` at ``z``.
-        magnitude : torch.Tensor
-            ``(n, m)``: :math:`\sum_k |u_{b(r)k}| |(d_k)_r|`, the scale of the
-            round-off in ``per_output`` (no cancellation).
+    Parameters
+    ----------
+    per_output : torch.Tensor
+        ``(n, m)``: :math:`\sum_k u_{b(r)k} (d_k)_r` in the use's sample layout.
+    weighted : torch.Tensor
+        ``(n, m)``: the gradient of :math:`\sum_{bk} u_{bk} f_{bk}` at ``z``.
+    magnitude : torch.Tensor
+        ``(n, m)``: :math:`\sum_k |u_{b(r)k}| |(d_k)_r|`, the scale of the
+        round-off in ``per_output`` (no cancellation).
     """
     scale = magnitude.norm() + weighted.norm()
     if float(scale) == 0.0:

@@ -52,6 +52,8 @@ __all__ = [
     "rule_for",
     "is_fast",
     "linear_uses",
+    "LAYOUT_OWNERS",
+    "sequence_first_modules",
 ]
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -153,6 +155,11 @@ def linear_uses(
     return uses
 
 
+def _sequence_first(n: int, k: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``(t0, n, ..., *features)`` (``k`` trailing feature dims) -> ``(n, t, f)``."""
+    return lambda u: u.movedim(1, 0).reshape(n, -1, *u.shape[u.ndim - k :]).flatten(2)
+
+
 def _channels(u: torch.Tensor) -> torch.Tensor:
     """``(n, ch, ...)`` -> ``(n, ch, t)``."""
     return u.flatten(2) if u.ndim > 2 else u.unsqueeze(-1)
@@ -176,6 +183,25 @@ class Rule:
         """Uses recorded from one call (called by a forward hook)."""
         raise NotImplementedError
 
+    def attach(self, module: nn.Module, capture) -> list:
+        """Install the hooks that record ``module``'s uses during one capture.
+
+        Returns handles (objects with ``remove()``), removed when the capture
+        exits, also on an error. Default: one prepended forward hook,
+        ``capture.module_hook``, which calls :meth:`uses` (or
+        :meth:`sequence_first_uses`) and hands the uses to ``capture.record``.
+        A rule whose module applies its parameters inside a functional call
+        overrides this (see :class:`MultiheadAttentionRule`)."""
+        return [module.register_forward_hook(capture.module_hook, prepend=True)]
+
+    def sequence_first_uses(
+        self, module: nn.Module, inputs: tuple, output: torch.Tensor
+    ) -> list[Use]:
+        """Uses of one call inside a sequence-first layer (:data:`LAYOUT_OWNERS`):
+        the input is ``(t, n, ...)``, samples on dimension 1. Default: none (the
+        module's tensors take the generic path there)."""
+        return []
+
 
 class LinearRule(Rule):
     cls = nn.Linear
@@ -185,6 +211,13 @@ class LinearRule(Rule):
         if a.ndim < 2:  # unbatched: leave it to the generic path
             return []
         return linear_uses(module.weight, module.bias, a, output, a.shape[0])
+
+    def sequence_first_uses(self, module, inputs, output):
+        a = inputs[0]
+        if a.ndim < 3:
+            return []
+        n = a.shape[1]
+        return linear_uses(module.weight, module.bias, a, output, n, _sequence_first(n))
 
 
 class Conv2dRule(Rule):
@@ -261,10 +294,32 @@ class LayerNormRule(Rule):
 
         return _affine_uses(m, a, output, n, rows(xhat), rows, by_channel=False)
 
+    def sequence_first_uses(self, m, inputs, output):
+        a = inputs[0]
+        k = len(m.normalized_shape)
+        if a.ndim < k + 2:
+            return []
+        n = a.shape[1]
+        rows = _sequence_first(n, k)
+        xhat = F.layer_norm(a.detach(), m.normalized_shape, None, None, m.eps)
+        return _affine_uses(
+            m,
+            a,
+            output,
+            n,
+            rows(xhat),
+            rows,
+            by_channel=False,
+            sample_rows=lambda u: rows(u).reshape(n, -1),
+        )
 
-def _affine_uses(m, a, output, n, xhat, rows, by_channel: bool) -> list[Use]:
+
+def _affine_uses(
+    m, a, output, n, xhat, rows, by_channel: bool, sample_rows=None
+) -> list[Use]:
     """Elementwise affine ``z = w * xhat + b`` (BatchNorm: ``(n, ch, t)``, LayerNorm:
     ``(n, t, features)``)."""
+    sample_rows = sample_rows or _leading(n)
 
     def pick(u, local):
         return u[:, local, :] if by_channel else u[:, :, local].transpose(1, 2)
@@ -279,7 +334,7 @@ def _affine_uses(m, a, output, n, xhat, rows, by_channel: bool) -> list[Use]:
                 n,
                 lambda local: pick(xhat, local),
                 lambda dz, local: pick(rows(dz), local),
-                _leading(n),
+                sample_rows,
             )
         )
     if m.bias is not None:
@@ -290,7 +345,7 @@ def _affine_uses(m, a, output, n, xhat, rows, by_channel: bool) -> list[Use]:
                 (a,),
                 n,
                 lambda dz, local: pick(rows(dz), local),
-                _leading(n),
+                sample_rows,
             )
         )
     return out
@@ -342,9 +397,10 @@ class MultiheadAttentionRule(Rule):
 
     ``F.multi_head_attention_forward`` applies the in- and out-projections with
     ``torch.nn.functional.linear``; during the module's forward that name is
-    bound to a recorder (see :class:`.capture.FastCapture`). Inside, tensors are
-    sequence-first: ``(L, n, E)`` for the in-projections and ``(L * n, E)`` for
-    the out-projection, mapped to ``(n, L, E)`` here.
+    bound to a recorder (:class:`_AttentionRecorder`, installed by
+    :meth:`attach`). Inside, tensors are sequence-first: ``(L, n, E)`` for the
+    in-projections and ``(L * n, E)`` for the out-projection, mapped to
+    ``(n, L, E)`` here.
     """
 
     cls = nn.MultiheadAttention
@@ -357,6 +413,14 @@ class MultiheadAttentionRule(Rule):
 
     def uses(self, module, inputs, output):  # recorded by the linear recorder
         return []
+
+    def attach(self, module, capture):
+        rec = _AttentionRecorder(capture)
+        return [
+            module.register_forward_pre_hook(rec.enter, with_kwargs=True, prepend=True),
+            module.register_forward_hook(rec.leave, prepend=True),
+            rec,  # remove(): unbinds F.linear if an error skipped leave()
+        ]
 
     @staticmethod
     def batch_size(module: nn.MultiheadAttention, query: torch.Tensor) -> int | None:
@@ -382,6 +446,46 @@ class MultiheadAttentionRule(Rule):
         return linear_uses(weight, bias, a, z, n, rows)
 
 
+class _AttentionRecorder:
+    """While one ``nn.MultiheadAttention`` runs, ``F.linear`` records every call
+    whose weight or bias the capture tracks (``capture.tracks`` /
+    ``capture.record``); the name is restored when the module returns."""
+
+    def __init__(self, capture) -> None:
+        self.capture = capture
+        self.saved: Callable | None = None
+        self.n: int | None = None
+
+    def enter(self, module, args, kwargs):
+        query = args[0] if args else kwargs.get("query")
+        self.n = MultiheadAttentionRule.batch_size(module, query)
+        if self.saved is None:
+            self.saved = F.linear
+            F.linear = self.linear
+        return None
+
+    def leave(self, module, inputs, output):
+        self.remove()
+        return None
+
+    def remove(self) -> None:
+        if self.saved is not None:
+            F.linear = self.saved
+            self.saved = None
+        self.n = None
+
+    def linear(self, input, weight, bias=None):
+        out = self.saved(input, weight, bias)
+        w = weight if self.capture.tracks(weight) else None
+        b = bias if bias is not None and self.capture.tracks(bias) else None
+        if self.n is None or (w is None and b is None):
+            return out
+        self.capture.record(
+            MultiheadAttentionRule.linear_call_uses(w, b, input, out, self.n)
+        )
+        return out.clone()
+
+
 #: module type -> rule; BatchNorm1d/3d share BatchNorm2d's rule
 RULES: dict[type[nn.Module], Rule] = {
     nn.Linear: LinearRule(),
@@ -394,6 +498,43 @@ RULES: dict[type[nn.Module], Rule] = {
 
 
 _BUILTIN = dict(RULES)
+
+
+def _encoder_batch_first(m: nn.Module) -> bool | None:
+    return m.layers[0].self_attn.batch_first if len(m.layers) else None
+
+
+#: torch modules whose own ``forward`` fixes the layout of every descendant's
+#: input: type -> ``batch_first`` of that layout (None: not known). A Linear or
+#: LayerNorm whose nearest such ancestor is sequence-first gets
+#: :meth:`Rule.sequence_first_uses`; the graph guard, the sample check and the
+#: run-time check then prove or reject the crediting as for any other use.
+LAYOUT_OWNERS: dict[type[nn.Module], Callable[[nn.Module], bool | None]] = {
+    nn.TransformerEncoderLayer: lambda m: m.self_attn.batch_first,
+    nn.TransformerDecoderLayer: lambda m: m.self_attn.batch_first,
+    nn.TransformerEncoder: _encoder_batch_first,
+    nn.TransformerDecoder: _encoder_batch_first,
+    nn.Transformer: lambda m: m.batch_first,
+}
+
+
+def sequence_first_modules(model: nn.Module) -> set[int]:
+    """ids of the modules whose nearest :data:`LAYOUT_OWNERS` ancestor (with its
+    own ``forward``, not a subclass's) is sequence-first."""
+    out: set[int] = set()
+
+    def walk(m: nn.Module, seq_first: bool) -> None:
+        owner = LAYOUT_OWNERS.get(type(m))
+        if owner is not None and "forward" not in vars(m):
+            batch_first = owner(m)
+            seq_first = batch_first is False
+        for child in m.children():
+            if seq_first:
+                out.add(id(child))
+            walk(child, seq_first)
+
+    walk(model, False)
+    return out
 
 
 def register_rule(

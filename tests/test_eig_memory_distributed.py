@@ -11,8 +11,8 @@ import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, TensorDataset
 
 from laplace_subnet_ext import DenseSubnetLaplace
-from laplace_subnet_ext.posterior import linalg
-from laplace_subnet_ext.posterior.memory import (
+from laplace_subnet_ext.numerics import linalg
+from laplace_subnet_ext.numerics.memory import (
     dense_posterior_bytes,
     largest_subnet,
     parse_bytes,

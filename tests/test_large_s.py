@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from laplace_subnet_ext import DenseSubnetLaplace
+from laplace_subnet_ext.numerics.slq import lanczos_quadrature
 from laplace_subnet_ext.posterior import factorisation
-from laplace_subnet_ext.posterior.slq import lanczos_quadrature
 from tests.cases import assert_close, loader, mlp
 
 

@@ -202,7 +202,7 @@ def test_structured_mask_keeps_whole_units_by_summed_score():
 
 
 def test_size_curve_follows_one_ranking_and_matches_direct_fits():
-    from laplace_subnet_ext.selection import subnet_size_curve
+    from laplace_subnet_ext.diagnostics import subnet_size_curve
 
     model = mlp()
     dl = loader("regression")

@@ -227,7 +227,7 @@ def test_default_curvature_dtype_follows_S(model_dtype, monkeypatch, caplog):
     """curvature_dtype=None: float64 up to FLOAT64_CURVATURE_MAX_S, float32 above,
     logged; the float64 curvature is the float64 model's to float32 round-off, and
     predictions come back in the model's dtype."""
-    from laplace_subnet_ext.posterior import memory
+    from laplace_subnet_ext.numerics import memory
 
     monkeypatch.setattr(memory, "FLOAT64_CURVATURE_MAX_S", 30)
     model = mlp()

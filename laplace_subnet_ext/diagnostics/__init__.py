@@ -9,7 +9,8 @@ draws it (needs matplotlib).
 predictive variance a subnetwork keeps (and the Wasserstein distance between the
 two predictives), exactly; :func:`estimate_full_variance` estimates the
 denominator matrix-free; :func:`selection_quality` and
-:func:`plot_selection_quality` compare strategies along S.
+:func:`plot_selection_quality` compare strategies along S; :func:`subnet_size_curve`
+gives the log evidence along one selection ranking (choosing S itself).
 """
 
 from laplace_subnet_ext.diagnostics.capture import (
@@ -23,6 +24,7 @@ from laplace_subnet_ext.diagnostics.quality import (
     plot_selection_quality,
     selection_quality,
 )
+from laplace_subnet_ext.diagnostics.sizing import subnet_size_curve
 from laplace_subnet_ext.diagnostics.sweep import (
     PriorSweep,
     glm_along_priors,
@@ -40,4 +42,5 @@ __all__ = [
     "gaussian_w2",
     "selection_quality",
     "plot_selection_quality",
+    "subnet_size_curve",
 ]

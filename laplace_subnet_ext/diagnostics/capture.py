@@ -38,8 +38,8 @@ from torch.func import functional_call, jvp, vjp
 
 from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
 from laplace_subnet_ext.jacobians.batching import iter_inputs, split_batch
-from laplace_subnet_ext.posterior.curvature import output_hessian
-from laplace_subnet_ext.posterior.memory import available_bytes
+from laplace_subnet_ext.numerics.curvature import output_hessian
+from laplace_subnet_ext.numerics.memory import available_bytes
 
 __all__ = [
     "CaptureResult",

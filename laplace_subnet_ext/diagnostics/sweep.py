@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from laplace_subnet_ext.jacobians.batching import split_batch
-from laplace_subnet_ext.posterior import linalg
+from laplace_subnet_ext.numerics import linalg
 
 __all__ = ["PriorSweep", "prior_sweep", "glm_along_priors"]
 

@@ -27,18 +27,18 @@ from torch.utils.data import DataLoader
 from laplace_subnet_ext._compat import init_parametric
 from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
 from laplace_subnet_ext.jacobians.batching import to_device
-from laplace_subnet_ext.posterior.curvature import (
+from laplace_subnet_ext.numerics.curvature import (
     add_batch_curvature,
     output_curvature,
 )
-from laplace_subnet_ext.posterior.factorisation import FactorisationMixin
-from laplace_subnet_ext.posterior.indices import normalize_subnetwork_indices
-from laplace_subnet_ext.posterior.memory import (
+from laplace_subnet_ext.numerics.memory import (
     check_subnet_plan,
     default_curvature_dtype,
     explain_curvature_dtype,
     parse_bytes,
 )
+from laplace_subnet_ext.posterior.factorisation import FactorisationMixin
+from laplace_subnet_ext.posterior.indices import normalize_subnetwork_indices
 from laplace_subnet_ext.posterior.predictive import BlockedPredictiveMixin
 from laplace_subnet_ext.posterior.state import SubnetStateMixin
 from laplace_subnet_ext.prior.mixin import SubnetPriorMixin

@@ -28,15 +28,15 @@ from dataclasses import dataclass
 
 import torch
 
-from laplace_subnet_ext.posterior import linalg
-from laplace_subnet_ext.posterior.memory import (
+from laplace_subnet_ext.numerics import linalg
+from laplace_subnet_ext.numerics.memory import (
     CURVATURE_MATRICES,
     EIGH_MATRICES,
     EIGVALSH_MATRICES,
     FACTOR_MATRICES,
     check_dense_fits,
 )
-from laplace_subnet_ext.posterior.slq import lanczos_quadrature
+from laplace_subnet_ext.numerics.slq import lanczos_quadrature
 
 __all__ = ["DensePrecision"]
 

@@ -8,7 +8,7 @@ free of :math:`t`,
 An exact eigendecomposition costs :math:`O(S^3)` with a memory-bound
 tridiagonalisation (hours at S = 40,000 on 2 cores). Here:
 
-1. **Surrogate**: stochastic Lanczos quadrature (:mod:`..posterior.slq`) gives
+1. **Surrogate**: stochastic Lanczos quadrature (:mod:`..numerics.slq`) gives
    nodes and weights that replace the S eigenvalues; :math:`\psi` is then
    maximised over :math:`t` exactly (grid + golden section, O(mk) per value).
 2. **Exact correction** (``refine=True``): the exact :math:`\psi` (log det from

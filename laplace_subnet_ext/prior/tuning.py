@@ -17,7 +17,7 @@ from laplace.baselaplace import ParametricLaplace
 from laplace.utils.enums import PredType, PriorStructure, TuningMethod
 from laplace.utils.utils import validate
 
-from laplace_subnet_ext.posterior.memory import EIGH_MATRICES
+from laplace_subnet_ext.numerics.memory import EIGH_MATRICES
 from laplace_subnet_ext.prior.large_s import SLQ_DEFAULTS, tune_scalar_prior_slq
 from laplace_subnet_ext.prior.spec import as_prior_tensor
 

@@ -38,10 +38,6 @@ from laplace_subnet_ext.selection.structured import (  # noqa: E402
 
 __all__ += ["NameMask", "LastLayerMask", "StructuredMask"]
 
-from laplace_subnet_ext.selection.sizing import subnet_size_curve  # noqa: E402
-
-__all__ += ["subnet_size_curve"]
-
 from laplace_subnet_ext.selection.greedy import GreedyLaplaceMask  # noqa: E402
 
 __all__ += ["GreedyLaplaceMask"]

@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader
 
-from laplace_subnet_ext.posterior.memory import largest_subnet, parse_bytes
+from laplace_subnet_ext.numerics.memory import largest_subnet, parse_bytes
 from laplace_subnet_ext.selection.variance import blocked_diag_curvature
 
 logger = logging.getLogger("laplace_subnet_ext")

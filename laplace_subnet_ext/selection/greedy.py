@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 
 from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
 from laplace_subnet_ext.jacobians.batching import iter_inputs, split_batch
-from laplace_subnet_ext.posterior.curvature import output_hessian
+from laplace_subnet_ext.numerics.curvature import output_hessian
 from laplace_subnet_ext.selection.base import (
     TrainableSubnetMask,
     resolve_n_params_subnet,

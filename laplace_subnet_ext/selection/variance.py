@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
 from laplace_subnet_ext.jacobians.batching import batch_size, split_batch
-from laplace_subnet_ext.posterior.curvature import output_curvature, output_hessian
+from laplace_subnet_ext.numerics.curvature import output_curvature, output_hessian
 
 __all__ = [
     "backpack_applies",
@@ -126,7 +126,7 @@ def blocked_diag_curvature(
     ``block_bytes``; each block costs one pass over the data. Per batch:
     :math:`\sum_b \operatorname{diag}(J_b^\top \Lambda_b J_b)` (GGN) or
     :math:`\text{factor} \sum_b g_b^2` with :math:`g_b = J_b^\top \partial\ell/\partial f_b`
-    (EF), the conventions of laplace's backends (:mod:`laplace_subnet_ext.posterior.curvature`).
+    (EF), the conventions of laplace's backends (:mod:`laplace_subnet_ext.numerics.curvature`).
     """
     curv = output_curvature(
         BackPackGGN if kind == "ggn" else BackPackEF, {}, likelihood

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from laplace_subnet_ext.posterior.memory import available_bytes
+from laplace_subnet_ext.numerics.memory import available_bytes
 
 __all__ = [
     "check_finite",

@@ -12,6 +12,8 @@ from __future__ import annotations
 from torch import nn
 from torch.utils.data import DataLoader
 
+from laplace_subnet_ext.posterior import DenseSubnetLaplace
+
 __all__ = ["subnet_size_curve"]
 
 
@@ -44,8 +46,6 @@ def subnet_size_curve(
     rows : list of dict
         ``S``, ``log_marglik``, ``prior_precision``, ``retained_fraction``.
     """
-    from laplace_subnet_ext.posterior import DenseSubnetLaplace
-
     scores = getattr(mask, "scores", None)
     if scores is None:
         raise ValueError(

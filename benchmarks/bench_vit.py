@@ -1,12 +1,14 @@
 """ViT-B/16 (torchvision, random init, 86M weights): subnetwork Laplace over the MLP
-blocks of all 12 layers, side by side with laplace-torch 0.3 (aleximmer/Laplace#232).
+blocks of all 12 layers (``--pool mlp``) or over all tensors (``--pool all``),
+side by side with laplace-torch 0.3 (aleximmer/Laplace#232).
 
 Each implementation runs in its own process, stopped (and recorded as out of
-memory) when its resident memory passes ``--mem-gib``.
-Records fit time, peak RSS above the baseline after imports/model/data, and
-(ours) which tensors took the fast path. Prints a table and writes JSON.
+memory) when its resident memory passes ``--mem-gib``; partial results survive.
+Records fit, scalar marglik tuning (100 steps) and GLM predictive on the N inputs,
+peak RSS, (ours) which tensors took the fast path and the flop bound of the fit
+(c backward passes + one GEMM) in the same process. Prints a table, writes JSON.
 
-    python benchmarks/bench_vit.py --n 32 --n-subnet 10000 --mem-gib 20
+    python benchmarks/bench_vit.py --n 32 --n-subnet 10000 --mem-gib 19
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ import os
 import resource
 import time
 
-from bench_vs_laplace import watch
+from bench_vs_laplace import _bound, watch
 
 
 def _rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def _run(impl: str, n: int, n_subnet: int, batch: int, q) -> None:
+def _run(impl: str, n: int, n_subnet: int, batch: int, pool_kind: str, q) -> None:
     import torch
     from laplace import FullSubnetLaplace
     from torch.utils.data import DataLoader, TensorDataset
@@ -40,10 +42,10 @@ def _run(impl: str, n: int, n_subnet: int, batch: int, q) -> None:
         model.heads.head.weight.normal_(0, 0.02)
     named = [(k, p) for k, p in model.named_parameters()]
     D = sum(p.numel() for _, p in named)
-    # positions of the MLP-block tensors in the parameter vector
+    # positions of the pool's tensors in the parameter vector
     pool, start = [], 0
     for k, p in named:
-        if ".mlp." in k:
+        if pool_kind == "all" or ".mlp." in k:
             pool.append(torch.arange(start, start + p.numel()))
         start += p.numel()
     pool = torch.cat(pool)
@@ -56,7 +58,8 @@ def _run(impl: str, n: int, n_subnet: int, batch: int, q) -> None:
         "S": n_subnet,
         "N": n,
         "batch": batch,
-        "mlp_block_weights": len(pool),
+        "pool": pool_kind,
+        "pool_weights": len(pool),
         "baseline_rss_gb": _rss_gb(),
     }
     cls = FullSubnetLaplace if impl == "laplace" else DenseSubnetLaplace
@@ -74,12 +77,26 @@ def _run(impl: str, n: int, n_subnet: int, batch: int, q) -> None:
     out["fit_s"] = time.perf_counter() - t
     out["peak_rss_gb"] = _rss_gb()
     if impl == "ours":
-        fast, slow = la._jacobians.split()
+        fast, slow = la.jacobians.split()
         out["fast_tensors"] = len(fast)
         out["generic_tensors"] = len(slow)
         out["H_gb"] = la.H.numel() * la.H.element_size() / 1e9
+    q.put(dict(out))
+    for name, step in (
+        ("marglik_s", lambda: la.optimize_prior_precision(method="marglik")),
+        ("predict_s", lambda: la(X, pred_type="glm")),
+    ):
+        t = time.perf_counter()
+        step()
+        out[name] = time.perf_counter() - t
+        out["peak_rss_gb"] = _rss_gb()
+        q.put(dict(out))
+    out["prior_precision"] = float(la.prior_precision.reshape(-1)[0])
+    if impl == "ours":
+        del la
+        out["flop_bound_s"] = _bound(model, dl, 10, n_subnet)
     out["done"] = True
-    q.put(out)
+    q.put(dict(out))
 
 
 def main() -> None:
@@ -90,16 +107,26 @@ def main() -> None:
     ap.add_argument("--mem-gib", type=float, default=20.0)
     ap.add_argument("--cap", type=float, default=1800.0)
     ap.add_argument("--impls", nargs="+", default=["laplace", "ours"])
+    ap.add_argument("--pool", choices=["mlp", "all"], default="mlp")
     ap.add_argument("--out", default="benchmarks/results/vit_b_16")
     a = ap.parse_args()
     rows = []
     ctx = mp.get_context("spawn")
     for impl in a.impls:
         q = ctx.Queue()
-        p = ctx.Process(target=_run, args=(impl, a.n, a.n_subnet, a.batch, q))
+        args = (impl, a.n, a.n_subnet, a.batch, a.pool, q)
+        p = ctx.Process(target=_run, args=args)
         p.start()
-        stopped = watch(p, a.cap, a.mem_gib)
-        res = q.get() if not q.empty() else {"impl": impl}
+        res = {"impl": impl}
+
+        def drain(q=q):
+            nonlocal res
+            while not q.empty():
+                res = q.get()
+
+        stopped = watch(p, a.cap, a.mem_gib, drain)
+        time.sleep(0.2)
+        drain()
         if stopped:
             res["status"] = stopped
         else:
@@ -113,13 +140,14 @@ def main() -> None:
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out + ".json", "w") as fh:
         json.dump({"args": vars(a), "cpu_threads": 2, "rows": rows}, fh, indent=1)
-    print(f"\n{'impl':<8} {'D':>10} {'S':>6} {'fit s':>8} {'peak GB':>8}  status")
+    keys = ("fit_s", "marglik_s", "predict_s", "peak_rss_gb", "flop_bound_s")
+    print(f"\n{'impl':<8} {'D':>10} {'S':>6} " + " ".join(f"{k:>12}" for k in keys))
     for r in rows:
-        fit = f"{r['fit_s']:.1f}" if "fit_s" in r else "-"
-        peak = f"{r['peak_rss_gb']:.2f}" if "peak_rss_gb" in r else "-"
+        vals = [f"{r[k]:.2f}" if k in r else "-" for k in keys]
         print(
-            f"{r['impl']:<8} {r.get('D', '-'):>10} {r.get('S', '-'):>6} {fit:>8} "
-            f"{peak:>8}  {r['status']}"
+            f"{r['impl']:<8} {r.get('D', '-'):>10} {r.get('S', '-'):>6} "
+            + " ".join(f"{v:>12}" for v in vals)
+            + f"  {r['status']}"
         )
 
 

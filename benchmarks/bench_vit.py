@@ -65,6 +65,8 @@ def _run(impl: str, n: int, n_subnet: int, batch: int, pool_kind: str, q) -> Non
     cls = FullSubnetLaplace if impl == "laplace" else DenseSubnetLaplace
     kw = {} if impl == "laplace" else {"curvature_dtype": torch.float32}  # as laplace
     la = cls(model, "classification", idx, **kw)
+    out["stage"] = "fit"  # where a stopped run was
+    q.put(dict(out))
     t = time.perf_counter()
     try:
         la.fit(dl)
@@ -86,6 +88,8 @@ def _run(impl: str, n: int, n_subnet: int, batch: int, pool_kind: str, q) -> Non
         ("marglik_s", lambda: la.optimize_prior_precision(method="marglik")),
         ("predict_s", lambda: la(X, pred_type="glm")),
     ):
+        out["stage"] = name[:-2]
+        q.put(dict(out))
         t = time.perf_counter()
         step()
         out[name] = time.perf_counter() - t
@@ -116,6 +120,7 @@ def main() -> None:
         q = ctx.Queue()
         args = (impl, a.n, a.n_subnet, a.batch, a.pool, q)
         p = ctx.Process(target=_run, args=args)
+        t0 = time.perf_counter()
         p.start()
         res = {"impl": impl}
 
@@ -125,8 +130,10 @@ def main() -> None:
                 res = q.get()
 
         stopped = watch(p, a.cap, a.mem_gib, drain)
+        res["wall_s"] = time.perf_counter() - t0
         time.sleep(0.2)
         drain()
+        res["wall_s"] = time.perf_counter() - t0
         if stopped:
             res["status"] = stopped
         else:

@@ -103,11 +103,6 @@ def _bias_use(bias, z, inputs, n, gradient, sample_rows) -> Use:
     return Use(bias, z, inputs, n, lambda local: None, gradient, sample_rows)
 
 
-def _batch_first(a: torch.Tensor, n: int) -> torch.Tensor:
-    """``(..., i)`` with samples leading -> ``(n, t, i)``."""
-    return a.reshape(n, -1, a.shape[-1])
-
-
 def linear_uses(
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
@@ -121,7 +116,7 @@ def linear_uses(
     ``rows`` maps a tensor laid out like ``a`` / ``z`` to ``(n, t, features)``
     (default: samples lead).
     """
-    rows = rows or (lambda u: _batch_first(u, n))
+    rows = rows or _feature_rows(n)
     A = rows(a.detach())  # (n, t, i)
 
     def flat(u: torch.Tensor) -> torch.Tensor:
@@ -155,9 +150,18 @@ def linear_uses(
     return uses
 
 
-def _sequence_first(n: int, k: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``(t0, n, ..., *features)`` (``k`` trailing feature dims) -> ``(n, t, f)``."""
-    return lambda u: u.movedim(1, 0).reshape(n, -1, *u.shape[u.ndim - k :]).flatten(2)
+def _feature_rows(
+    n: int, k: int = 1, sequence_first: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``(n, ..., *features)``, or sequence-first ``(t0, n, ..., *features)``, with
+    ``k`` trailing feature dims -> ``(n, t, f)``."""
+
+    def rows(u: torch.Tensor) -> torch.Tensor:
+        if sequence_first:
+            u = u.movedim(1, 0)
+        return u.reshape(n, -1, *u.shape[u.ndim - k :]).flatten(2)
+
+    return rows
 
 
 def _channels(u: torch.Tensor) -> torch.Tensor:
@@ -207,17 +211,19 @@ class LinearRule(Rule):
     cls = nn.Linear
 
     def uses(self, module, inputs, output):
-        a = inputs[0]
-        if a.ndim < 2:  # unbatched: leave it to the generic path
-            return []
-        return linear_uses(module.weight, module.bias, a, output, a.shape[0])
+        return self._uses(module, inputs[0], output, sequence_first=False)
 
     def sequence_first_uses(self, module, inputs, output):
-        a = inputs[0]
-        if a.ndim < 3:
+        return self._uses(module, inputs[0], output, sequence_first=True)
+
+    @staticmethod
+    def _uses(module, a, output, sequence_first: bool) -> list[Use]:
+        b = int(sequence_first)  # the batch dimension
+        if a.ndim < 2 + b:  # unbatched: leave it to the generic path
             return []
-        n = a.shape[1]
-        return linear_uses(module.weight, module.bias, a, output, n, _sequence_first(n))
+        n = a.shape[b]
+        rows = _feature_rows(n, 1, sequence_first)
+        return linear_uses(module.weight, module.bias, a, output, n, rows)
 
 
 class Conv2dRule(Rule):
@@ -282,25 +288,19 @@ class LayerNormRule(Rule):
     cls = nn.LayerNorm
 
     def uses(self, m, inputs, output):
-        a = inputs[0]
-        k = len(m.normalized_shape)
-        if a.ndim <= k:
-            return []
-        n = a.shape[0]
-        xhat = F.layer_norm(a.detach(), m.normalized_shape, None, None, m.eps)
-
-        def rows(u):  # (n, ..., *normalized) -> (n, t, prod(normalized))
-            return u.reshape(n, -1, *u.shape[u.ndim - k :]).flatten(2)
-
-        return _affine_uses(m, a, output, n, rows(xhat), rows, by_channel=False)
+        return self._uses(m, inputs[0], output, sequence_first=False)
 
     def sequence_first_uses(self, m, inputs, output):
-        a = inputs[0]
+        return self._uses(m, inputs[0], output, sequence_first=True)
+
+    @staticmethod
+    def _uses(m, a, output, sequence_first: bool) -> list[Use]:
         k = len(m.normalized_shape)
-        if a.ndim < k + 2:
+        b = int(sequence_first)  # the batch dimension
+        if a.ndim < k + 1 + b:
             return []
-        n = a.shape[1]
-        rows = _sequence_first(n, k)
+        n = a.shape[b]
+        rows = _feature_rows(n, k, sequence_first)  # -> (n, t, prod(normalized))
         xhat = F.layer_norm(a.detach(), m.normalized_shape, None, None, m.eps)
         return _affine_uses(
             m,

@@ -30,6 +30,12 @@ precision (laplace's ``optimize_prior_precision(method="marglik")``) and at the
 paper's choice, the validation-NLL minimum over the grid 1e-2..1e4 (13 values).
 
     python examples/rotated_mnist.py --seed 0       # one seed -> results/rotated_mnist_seed0.json
+    python examples/rotated_mnist.py --seed 0 --paper-s   # also S = 42,438 (Wasserstein)
+
+A seed runs in stages (MAP, MC dropout, ensemble, SWAG, each Laplace method);
+each finished stage is saved under ``results/partial/`` (ignored by git), and the
+same command resumes a killed run at the first unfinished stage. Every stage seeds
+its own random numbers, so a resumed run gives the numbers of an uninterrupted one.
     python examples/rotated_mnist.py --report       # merge finished seeds: table, JSON, PNG
     python examples/rotated_mnist.py --quick --out /tmp/r   # seconds; used by the tests
 """
@@ -69,6 +75,7 @@ from laplace_subnet_ext import selection
 from laplace_subnet_ext.diagnostics import glm_along_priors, prior_sweep
 
 RESULTS = Path(__file__).parent / "results"
+PAPER_S = 42_438  # the paper's Wasserstein subnetwork of ResNet-18
 ANGLES = list(range(0, 181, 15))
 
 
@@ -289,8 +296,57 @@ def linearised_mc(model: nn.Module, la, n_samples: int, seed: int):
     return lambda X: batched(one, X)
 
 
-def run_seed(seed: int, quick: bool) -> dict:
-    torch.manual_seed(seed)
+class Stages:
+    """Resumable state of one seed: finished stages, their rows, info, tensors.
+
+    ``path`` is a folder (``None``: nothing is saved, as in ``--quick``). After a
+    stage's body has run, :meth:`finish` writes the rows and info gathered so far
+    and the stage's tensors; a later run skips finished stages and reloads them.
+    """
+
+    def __init__(self, path: Path | None, seed: int, S: int) -> None:
+        self.path = path
+        state = None
+        if path is not None and (path / "state.json").exists():
+            state = json.loads((path / "state.json").read_text())
+        if state is None:
+            state = {"done": [], "rows": [],
+                     "info": {"seed": seed, "S": S, "times": {}, "prior_precision": {},
+                              "wall_s": 0.0, "runs": 0}}  # fmt: skip
+        self.done, self.rows, self.info = state["done"], state["rows"], state["info"]
+        self.info["runs"] = self.info.get("runs", 0) + 1
+        self.t_start, self.wall_before = time.time(), self.info.get("wall_s", 0.0)
+        self.kept: dict[str, object] = {}  # this run's tensors
+        if self.done:
+            print(f"seed {seed}: resuming after {', '.join(self.done)}", flush=True)
+
+    def todo(self, stage: str) -> bool:
+        return stage not in self.done
+
+    def finish(self, stage: str, **tensors: object) -> None:
+        self.done.append(stage)
+        self.info["wall_s"] = self.wall_before + time.time() - self.t_start
+        self.kept.update(tensors)
+        if self.path is None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name, value in tensors.items():
+            torch.save(value, self.path / f"{name}.pt")
+        state = {"done": self.done, "rows": self.rows, "info": self.info}
+        tmp = self.path / "state.json.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.path / "state.json")
+
+    def load(self, name: str):
+        if name in self.kept:
+            return self.kept[name]
+        return torch.load(self.path / f"{name}.pt", weights_only=True)
+
+
+def run_seed(
+    seed: int, quick: bool, state_dir: Path | None = None, paper_s: bool = False
+) -> dict:
+    """One seed, stage by stage; ``state_dir`` makes it resumable."""
     tr, va, te = splits(quick)
     ood = ood_set(quick)
     angles = [0, 90, 180] if quick else ANGLES
@@ -298,7 +354,8 @@ def run_seed(seed: int, quick: bool) -> dict:
     width, epochs = (8, 5) if quick else (32, 20)
     n_members, n_mc, S = (2, 4, 200) if quick else (5, 20, 10_000)
     fit_loader = DataLoader(TensorDataset(*tr), batch_size=64 if quick else 128)
-    rows, info = [], {"seed": seed, "S": S, "times": {}, "prior_precision": {}}
+    st = Stages(state_dir, seed, S)
+    rows, info = st.rows, st.info
 
     def record(method: str, prior: str, predict) -> None:
         t0 = time.time()
@@ -323,43 +380,62 @@ def run_seed(seed: int, quick: bool) -> dict:
         info["times"].setdefault(method, {})[key] = time.time() - t0
         print(f"seed {seed}: {method} {key} {time.time() - t0:.0f}s", flush=True)
 
-    t0 = time.time()
-    model = train(ResNet18(width), tr, epochs, seed)
-    timed("MAP", "fit", t0)
-    info["D"] = sum(p.numel() for p in model.parameters())
-    record("MAP", "-", lambda X: batched(lambda x: F.softmax(model(x), -1), X))
-    record("MC dropout", "-", mc_dropout(model, 16, seed))
-    t0 = time.time()
-    members = [model] + [
-        train(ResNet18(width), tr, epochs, 1000 * (seed + 1) + k)
-        for k in range(n_members - 1)
-    ]
-    timed(f"ensemble of {n_members}", "fit", t0)
-    record(
-        f"ensemble of {n_members}",
-        "-",
-        lambda X: (
-            sum(batched(lambda x, m=m: F.softmax(m(x), -1), X) for m in members)
-            / n_members
-        ),
-    )
-    t0 = time.time()
-    swag_predict, swag_var = swag(
-        model, tr, 2 if quick else 10, 4 if quick else 16, seed
-    )
-    timed("SWAG (diag)", "fit", t0)
-    record("SWAG (diag)", "-", swag_predict)
+    def network(init_seed: int) -> nn.Module:
+        torch.manual_seed(init_seed)
+        return ResNet18(width)
+
+    if st.todo("MAP"):
+        t0 = time.time()
+        model = train(network(seed), tr, epochs, seed)
+        timed("MAP", "fit", t0)
+        info["D"] = sum(p.numel() for p in model.parameters())
+        record("MAP", "-", lambda X: batched(lambda x: F.softmax(model(x), -1), X))
+        st.finish("MAP", model=model.state_dict())
+    else:
+        model = network(seed)
+        model.load_state_dict(st.load("model"))
+        model.eval()
+    if st.todo("MC dropout"):
+        record("MC dropout", "-", mc_dropout(model, 16, seed))
+        st.finish("MC dropout")
+    ens = f"ensemble of {n_members}"
+    if st.todo(ens):
+        t0 = time.time()
+        members = [model] + [
+            train(network(1000 * (seed + 1) + k), tr, epochs, 1000 * (seed + 1) + k)
+            for k in range(n_members - 1)
+        ]
+        timed(ens, "fit", t0)
+        record(
+            ens,
+            "-",
+            lambda X: (
+                sum(batched(lambda x, m=m: F.softmax(m(x), -1), X) for m in members)
+                / n_members
+            ),
+        )
+        del members
+        st.finish(ens)
+    if st.todo("SWAG (diag)"):
+        t0 = time.time()
+        swag_predict, swag_var = swag(
+            model, tr, 2 if quick else 10, 4 if quick else 16, seed
+        )
+        timed("SWAG (diag)", "fit", t0)
+        record("SWAG (diag)", "-", swag_predict)
+        st.finish("SWAG (diag)", swag_var=swag_var)
+    else:
+        swag_var = st.load("swag_var")
 
     # laplace-torch over all weights: ASDL GGN, linearised Monte Carlo predictive
-    diag_H = None
     for name, structure in (("diag Laplace", "diag"), ("KFAC Laplace", "kron")):
+        if not st.todo(name):
+            continue
         t0 = time.time()
         la = Laplace(model, "classification", "all", structure, backend=AsdlGGN)
         with exact_asdl_conv_diagonal():
             la.fit(fit_loader)
         timed(name, "fit", t0)
-        if structure == "diag":
-            diag_H = la.H.detach().clone()
         t0 = time.time()
         nll = []
         for lam in GRID.tolist():
@@ -375,50 +451,62 @@ def run_seed(seed: int, quick: bool) -> dict:
         for prior, lam in (("marglik", lam_ml), ("gridsearch", lam_grid)):
             la.prior_precision = lam
             record(name, prior, linearised_mc(model, la, n_mc, seed))
+        saved = {"diag_H": la.H.detach().clone()} if structure == "diag" else {}
         del la
+        st.finish(name, **saved)
+    diag_H = st.load("diag_H")
 
     # laplace-torch last-layer: its own tuning and GLM probit predictive
-    for prior in ("marglik", "gridsearch"):
-        t0 = time.time()
-        la = Laplace(model, "classification", "last_layer", "full")
-        la.fit(fit_loader)
-        if prior == "marglik":
-            la.optimize_prior_precision(method="marglik")
-        else:
-            la.optimize_prior_precision(
-                method="gridsearch",
-                pred_type="glm",
-                link_approx="probit",
-                val_loader=DataLoader(TensorDataset(*va), batch_size=100),
-                loss=lambda p, y: F.nll_loss(p.clamp_min(1e-12).log(), y),
-                log_prior_prec_min=-2,
-                log_prior_prec_max=4,
-                grid_size=len(GRID),
+    if st.todo("last-layer Laplace"):
+        for prior in ("marglik", "gridsearch"):
+            t0 = time.time()
+            la = Laplace(model, "classification", "last_layer", "full")
+            la.fit(fit_loader)
+            if prior == "marglik":
+                la.optimize_prior_precision(method="marglik")
+            else:
+                la.optimize_prior_precision(
+                    method="gridsearch",
+                    pred_type="glm",
+                    link_approx="probit",
+                    val_loader=DataLoader(TensorDataset(*va), batch_size=100),
+                    loss=lambda p, y: F.nll_loss(p.clamp_min(1e-12).log(), y),
+                    log_prior_prec_min=-2,
+                    log_prior_prec_max=4,
+                    grid_size=len(GRID),
+                )
+            timed("last-layer Laplace", f"fit_{prior}", t0)
+            info["prior_precision"].setdefault("last-layer Laplace", {})[prior] = float(
+                la.prior_precision
             )
-        timed("last-layer Laplace", f"fit_{prior}", t0)
-        info["prior_precision"].setdefault("last-layer Laplace", {})[prior] = float(
-            la.prior_precision
-        )
-        record(
-            "last-layer Laplace",
-            prior,
-            lambda X, la=la: batched(
-                lambda x: la(x, pred_type="glm", link_approx="probit"), X, 100
-            ),
-        )
+            record(
+                "last-layer Laplace",
+                prior,
+                lambda X, la=la: batched(
+                    lambda x: la(x, pred_type="glm", link_approx="probit"), X, 100
+                ),
+            )
+        st.finish("last-layer Laplace")
 
     # ours: dense subnetwork Laplace over S weights
-    masks = {
-        "subnet Wasserstein": selection.get("wasserstein")(
+    subnets = {
+        "subnet Wasserstein": lambda: selection.get("wasserstein")(
             model, S, likelihood="classification"
         ),
-        "subnet Wasserstein (SWAG var)": selection.get("wasserstein")(
+        "subnet Wasserstein (SWAG var)": lambda: selection.get("wasserstein")(
             model, S, likelihood="classification", variance=swag_var
         ),
-        "subnet random": selection.get("random")(model, S, seed=seed),
+        "subnet random": lambda: selection.get("random")(model, S, seed=seed),
     }
-    for name, mask in masks.items():
+    if paper_s:  # the paper's subnetwork size (42,438 of ResNet-18's 11.2M)
+        subnets[f"subnet Wasserstein S={PAPER_S}"] = lambda: selection.get(
+            "wasserstein"
+        )(model, PAPER_S, likelihood="classification")
+    for name, make_mask in subnets.items():
+        if not st.todo(name):
+            continue
         t0 = time.time()
+        mask = make_mask()
         # the GGN diagonal laplace's DiagLaplace computed above (ASDL, on this
         # loader) serves the zero-curvature filter and the default variance
         mask.set_curvature_diagonal(fit_loader, diag_H)
@@ -464,6 +552,7 @@ def run_seed(seed: int, quick: bool) -> dict:
                 )
         timed(name, "predict_both_priors", t0)
         del la
+        st.finish(name)
     return {"info": info, "rows": rows}
 
 
@@ -519,6 +608,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny run (tests)")
     ap.add_argument("--seed", type=int, help="run one seed and write its JSON")
+    ap.add_argument(
+        "--paper-s", action="store_true", help=f"also S = {PAPER_S:,} (Wasserstein)"
+    )
     ap.add_argument("--report", action="store_true", help="merge finished seeds")
     ap.add_argument("--out", default=str(RESULTS / "rotated_mnist"))
     a = ap.parse_args()
@@ -527,9 +619,8 @@ def main() -> None:
     if a.quick:
         runs = [run_seed(0, quick=True)]
     elif a.seed is not None:
-        t0 = time.time()
-        run = run_seed(a.seed, quick=False)
-        run["info"]["wall_s"] = time.time() - t0
+        state = out.parent / "partial" / f"{out.name}_seed{a.seed}"
+        run = run_seed(a.seed, quick=False, state_dir=state, paper_s=a.paper_s)
         path = seed_path(out, a.seed)
         path.write_text(json.dumps(run, indent=1))
         print(f"wrote {path}")

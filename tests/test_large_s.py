@@ -131,7 +131,7 @@ def _digits_problem(S: int):
 
 def _exact_argmax(la) -> float:
     """The exact maximiser of the scalar-prior log evidence (eigenvalues of H)."""
-    g = torch.linalg.eigvalsh(la.H).clamp_min(0)
+    g = float(la._H_factor) * torch.linalg.eigvalsh(la.H).clamp_min(0)
     d = la.mean_subnet - la.prior_mean
     sc, S = float(d @ d), g.numel()
 
@@ -170,6 +170,105 @@ def test_large_s_tuning_matches_the_exact_path():
     )
     info = slq.marglik_tuning_info
     assert info["path"] == "slq" and info["lambda"] == pytest.approx(lam)
+
+
+def _few_inputs_problem(likelihood: str, ef: bool, S: int = 300, n: int = 12):
+    """S weights of a 5-40-c MLP, n inputs: H has rank <= n c < S / 8."""
+    c = 3 if likelihood == "classification" else 2
+    model = nn.Sequential(nn.Linear(5, 40), nn.Tanh(), nn.Linear(40, c))
+    with torch.no_grad():  # a non-trivial MAP-like point: no zero weights
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    X = torch.randn(n, 5)
+    y = (
+        torch.randint(0, c, (n,))
+        if likelihood == "classification"
+        else torch.randn(n, c)
+    )
+    idx = torch.randperm(sum(p.numel() for p in model.parameters()))[:S]
+    kw = {}
+    if ef:
+        from laplace.curvature import BackPackEF
+
+        kw["backend"] = BackPackEF
+    la = DenseSubnetLaplace(
+        model, likelihood, idx, marglik_method="slq", sigma_noise=0.7, **kw
+    ) if likelihood == "regression" else DenseSubnetLaplace(
+        model, likelihood, idx, marglik_method="slq", **kw
+    )  # fmt: skip
+    return la, DataLoader(TensorDataset(X, y), batch_size=5)
+
+
+@pytest.mark.parametrize("ef", [False, True], ids=["ggn", "ef"])
+@pytest.mark.parametrize("likelihood", ["classification", "regression"])
+def test_data_space_spectrum_tunes_exactly_with_one_factorisation(
+    likelihood, ef, monkeypatch
+):
+    """H of rank <= n c < S / 8 (few inputs): fit keeps its square-root rows, the
+    eigenvalues of H come from the (r, r) Gram matrix (equal to eigvalsh of H at
+    1e-10), and the large-S tuning is the exact maximiser (1e-6) with the exact
+    evidence, after exactly one Cholesky factorisation (the predictive's)."""
+    la, dl = _few_inputs_problem(likelihood, ef)
+    la.fit(dl)
+    p = la.precision
+    assert p.has_data_spectrum
+    assert la._rows is None  # the rows are freed when fit ends
+    ref = torch.linalg.eigvalsh(la.H).clamp_min(0)
+    assert_close(p.eigvalsh(), ref, rtol=1e-10, what="spectrum")
+    calls = []
+    cholesky_ex = torch.linalg.cholesky_ex
+    monkeypatch.setattr(
+        torch.linalg,
+        "cholesky_ex",
+        lambda *a, **k: calls.append(1) or cholesky_ex(*a, **k),
+    )
+    la.optimize_prior_precision(method="marglik")
+    info = la.marglik_tuning_info
+    assert info["path"] == "data_spectrum" and len(calls) == 1
+    lam, lam_star = float(la.prior_precision), _exact_argmax(la)
+    assert abs(lam / lam_star - 1) < 1e-6, (lam, lam_star)
+    X = next(iter(dl))[0]
+    la(X, pred_type="glm", link_approx="probit" if likelihood != "regression" else "mc")
+    assert len(calls) == 1  # the predictive reuses the tuned prior's factor
+    d = la.mean_subnet - la.prior_mean
+    P = la._H_factor * la.H + lam * torch.eye(300)
+    ref_ev = la.log_likelihood - 0.5 * (
+        torch.logdet(P) - 300 * math.log(lam) + lam * (d @ d)
+    )
+    assert_close(torch.tensor(info["log_marglik"]), ref_ev, what="evidence")
+
+
+def test_data_space_spectrum_only_when_rank_is_small_and_h_unchanged():
+    """Not kept when n c > S / 8, nor after an in-place edit of H or a fit that
+    adds to H (override=False): those fall back to SLQ + the exact correction."""
+    la, dl = _few_inputs_problem("classification", False, S=300, n=40)  # 120 > 37
+    la.fit(dl)
+    assert not la.precision.has_data_spectrum
+    la, dl = _few_inputs_problem("classification", False)
+    la.fit(dl)
+    assert la.precision.has_data_spectrum
+    la.fit(dl, override=False)
+    assert not la.precision.has_data_spectrum
+    la.fit(dl)
+    la.H.mul_(2.0)
+    assert not la.precision.has_data_spectrum
+    la.optimize_prior_precision(method="marglik")
+    assert la.marglik_tuning_info["path"] == "slq"
+
+
+def test_data_space_spectrum_joint_prior_and_noise_equals_exact_path():
+    """optimize_prior_and_noise on the large-S path with a data-space spectrum
+    follows the exact path's Adam steps: the same (prior, noise) at 1e-8."""
+    out = {}
+    for path in ("exact", "slq"):
+        torch.manual_seed(3)
+        la, dl = _few_inputs_problem("regression", False)
+        la.marglik_method = path
+        la.fit(dl)
+        assert la.precision.has_data_spectrum == (path == "slq")
+        out[path] = [float(t) for t in la.optimize_prior_and_noise(n_steps=200)]
+    for a, b in zip(out["slq"], out["exact"]):
+        assert abs(a / b - 1) < 1e-8, out
 
 
 def test_large_s_joint_prior_and_noise_tuning_matches_exact():

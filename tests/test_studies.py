@@ -128,3 +128,35 @@ def test_stdlib_sentences_are_fixed_non_review_text():
     a, b = offline_data.stdlib_sentences(), offline_data.stdlib_sentences()
     assert a == b and len(a) > 1000 and len(set(a)) == len(a)
     assert all(6 <= len(s.split()) <= 40 for s in a)
+
+
+def test_rotated_mnist_resumes_a_killed_seed_with_the_same_numbers(
+    tmp_path, monkeypatch
+):
+    """A seed killed after some stages resumes at the first unfinished stage
+    (finished ones are not rerun) and ends with exactly the rows of an
+    uninterrupted run: every stage seeds its own random numbers."""
+    torch.set_default_dtype(torch.float32)  # the study's dtype (the fixture restores)
+    plain = rotated_mnist.run_seed(0, quick=True)
+    finish, ran = rotated_mnist.Stages.finish, []
+
+    def killed_after_four(self, stage, **tensors):
+        finish(self, stage, **tensors)
+        ran.append(stage)
+        if len(ran) == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(rotated_mnist.Stages, "finish", killed_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        rotated_mnist.run_seed(0, quick=True, state_dir=tmp_path)
+    assert (tmp_path / "model.pt").exists() and (tmp_path / "swag_var.pt").exists()
+    monkeypatch.setattr(rotated_mnist.Stages, "finish", finish)
+    rerun = []
+    monkeypatch.setattr(
+        rotated_mnist, "train", lambda *a, **k: rerun.append(1) or a[0].eval()
+    )
+    resumed = rotated_mnist.run_seed(0, quick=True, state_dir=tmp_path)
+    assert rerun == []  # neither the MAP nor the ensemble was trained again
+    assert resumed["info"]["runs"] == 2
+    assert resumed["rows"] == plain["rows"]
+    assert resumed["info"]["prior_precision"] == plain["info"]["prior_precision"]

@@ -13,6 +13,7 @@ Loss, factor and :math:`\Lambda` come from laplace's own ``GGNInterface`` /
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -21,7 +22,12 @@ from torch import nn
 
 from laplace_subnet_ext._compat import functional_hessian, mc_functional_fisher
 
-__all__ = ["output_curvature", "output_hessian", "add_batch_curvature"]
+__all__ = [
+    "output_curvature",
+    "output_hessian",
+    "add_batch_curvature",
+    "rows_per_sample",
+]
 
 
 def output_curvature(
@@ -58,12 +64,32 @@ def output_hessian(f: torch.Tensor, likelihood: str) -> torch.Tensor | None:
     return torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
 
 
+def rows_per_sample(curv: GGNInterface | EFInterface, n_outputs: int) -> int:
+    """Rows of the square-root factor :math:`R` (:math:`H = R^\top R`) per input:
+    one per output for a GGN, one for the empirical Fisher."""
+    return 1 if isinstance(curv, EFInterface) else n_outputs
+
+
+def _square_root_rows(Lam: torch.Tensor | None, Js: torch.Tensor) -> torch.Tensor:
+    r"""``(b k, s)`` rows :math:`A_b^	op J_b` with :math:`A_b A_b^	op = \Lambda_b`
+    (``Lam`` None: the identity), so that their Gram sum is :math:`\sum_b
+    J_b^	op\Lambda_b J_b`; :math:`A_b = U\sqrt{e}` from ``eigh`` of the small
+    ``(c, c)`` output Hessian (round-off negatives clipped)."""
+    S = Js.shape[-1]
+    if Lam is None:
+        return Js.reshape(-1, S)
+    e, U = torch.linalg.eigh(Lam)
+    A = U * e.clamp_min(0).sqrt().unsqueeze(-2)
+    return torch.einsum("bkc,bks->bcs", A, Js).reshape(-1, S)
+
+
 def add_batch_curvature(
     curv: GGNInterface | EFInterface,
     Js: torch.Tensor,
     f: torch.Tensor,
     y: torch.Tensor,
     H: torch.Tensor,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Add a batch's curvature into ``H`` in place; return its loss.
 
@@ -82,6 +108,10 @@ def add_batch_curvature(
         Targets.
     H : torch.Tensor
         ``(s, t)`` curvature accumulated so far, in its dtype.
+    rows : torch.Tensor, optional
+        ``(b k, s)`` (:func:`rows_per_sample`) buffer that receives the batch's
+        square-root rows :math:`R_b` (:math:`R_b^\top R_b` is what is added to
+        ``H``), written only when the batch is added.
     """
     dtype = H.dtype
     loss = (curv.factor * curv.lossfunc(f, y)).detach()
@@ -93,6 +123,7 @@ def add_batch_curvature(
             (r,) = torch.autograd.grad(curv.lossfunc(f_, y), f_)
         A = torch.einsum("bcs,bc->bs", Js, r.to(dtype))
         B, alpha = A, float(curv.factor)
+        R = A * math.sqrt(alpha) if rows is not None else None  # factor >= 0
     else:
         Lam = (
             mc_functional_fisher(curv, f)
@@ -105,6 +136,9 @@ def add_batch_curvature(
         else:
             B = torch.einsum("bck,bks->bcs", Lam.to(dtype), Js).reshape(-1, S)
         alpha = 1.0
+        R = None
+        if rows is not None:
+            R = _square_root_rows(None if Lam is None else Lam.to(dtype), Js)
     for name, t in (("loss (model outputs or targets)", loss), ("curvature", B)):
         if not bool(torch.isfinite(t).all()):
             raise FloatingPointError(name)
@@ -114,9 +148,13 @@ def add_batch_curvature(
     lo, hi = H.aminmax()  # a reduction: no |H| copy
     if bound + max(-float(lo), float(hi)) < torch.finfo(dtype).max / 4:
         H.addmm_(A.T, B, alpha=alpha)  # cannot overflow: no S x S temporary
+        if R is not None:
+            rows.copy_(R)
         return loss
     H_b = torch.addmm(H, A.T, B, alpha=alpha)  # may overflow: check before keeping
     if not bool(torch.isfinite(H_b).all()):
         raise FloatingPointError("curvature")
     H.copy_(H_b)
+    if R is not None:
+        rows.copy_(R)
     return loss

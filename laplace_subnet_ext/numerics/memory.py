@@ -43,9 +43,15 @@ __all__ = [
     "check_dense_fits",
     "check_subnet_plan",
     "FLOAT64_CURVATURE_MAX_S",
+    "DATA_SPECTRUM_RANK_DIVISOR",
     "default_curvature_dtype",
     "explain_curvature_dtype",
 ]
+
+#: ``fit`` keeps H's square-root rows R (``(r, S)``, :math:`H = R^\top R`) for the
+#: data-space spectrum only while ``r * DATA_SPECTRUM_RANK_DIVISOR <= S``: at most
+#: 0.125 S x S beside H during fit (within the two-matrix plan), freed when fit ends.
+DATA_SPECTRUM_RANK_DIVISOR = 8
 
 #: Curvature dtype of a float32 / half-precision model when ``curvature_dtype`` is
 #: None: float64 up to this S (round-off in a float32 H + small prior is not

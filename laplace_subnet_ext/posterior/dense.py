@@ -30,8 +30,10 @@ from laplace_subnet_ext.jacobians.batching import to_device
 from laplace_subnet_ext.numerics.curvature import (
     add_batch_curvature,
     output_curvature,
+    rows_per_sample,
 )
 from laplace_subnet_ext.numerics.memory import (
+    DATA_SPECTRUM_RANK_DIVISOR,
     check_subnet_plan,
     default_curvature_dtype,
     explain_curvature_dtype,
@@ -387,7 +389,17 @@ class DenseSubnetLaplace(
         self.mean = parameters_to_vector(self.params)
         if not self.enable_backprop:
             self.mean = self.mean.detach()
-        N = len(train_loader.dataset)
+        N = self._n_fit_inputs = len(train_loader.dataset)
+        distributed = (
+            torch.distributed.is_available() and torch.distributed.is_initialized()
+        )
+        # the data-space spectrum (large-S path, H of rank < S / 8): exact
+        # eigenvalues of H for every prior without an S x S factorisation
+        self._rows: torch.Tensor | None = None
+        self._rows_used = 0
+        self._collect_rows = (
+            override and not distributed and self._keeps_square_root_rows() and N > 0
+        )
         pbar = tqdm.tqdm(train_loader, disable=not progress_bar)
         pbar.set_description("[Computing subnetwork Hessian]")
         loss = torch.zeros((), device=self._device, dtype=self._dtype)
@@ -408,11 +420,50 @@ class DenseSubnetLaplace(
                 ) from None
             loss = loss + loss_b
         n_data = torch.tensor(N, device=self._device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if distributed:
             for t in (self.H, loss, n_data):
                 torch.distributed.all_reduce(t)
         self.loss = self.loss + loss
         self.n_data += int(n_data)
+        if self._collect_rows and self._rows is not None and self._rows_used > 0:
+            self._precision.set_data_spectrum(self._rows[: self._rows_used])
+            logger.info(
+                "fit: H has rank <= %d < S=%d / %d; its eigenvalues come from the "
+                "(%d, %d) data-space Gram matrix (exact; the large-S marginal "
+                "likelihood needs no SLQ)",
+                self._rows_used,
+                self.n_params_subnet,
+                DATA_SPECTRUM_RANK_DIVISOR,
+                self._rows_used,
+                self._rows_used,
+            )
+        self._rows = None
+
+    def _keeps_square_root_rows(self) -> bool:
+        """Whether ``fit`` should keep H's square-root rows: the large-S scalar
+        marginal-likelihood path (:mod:`..prior.large_s`) is the one user."""
+        return self._marglik_path(log=False) == "slq"
+
+    def _row_buffer(self, n_rows: int) -> torch.Tensor | None:
+        """The next ``n_rows`` of the square-root buffer, allocated at the first
+        batch for ``len(dataset)`` inputs when they number at most S / 8 rows
+        (0.125 S x S, while fit holds H only); None (collection stops) if not."""
+        if not self._collect_rows:
+            return None
+        S = self.n_params_subnet
+        if self._rows is None:
+            k = rows_per_sample(self.output_curvature, self.n_outputs)
+            total = self._n_fit_inputs * k
+            if total * DATA_SPECTRUM_RANK_DIVISOR > S:
+                self._collect_rows = False
+                return None
+            self._rows = torch.empty(total, S, dtype=self.H.dtype, device=self.H.device)
+        start = self._rows_used
+        if start + n_rows > self._rows.shape[0]:  # more inputs than len(dataset)
+            self._collect_rows, self._rows = False, None
+            return None
+        self._rows_used += n_rows
+        return self._rows[start : start + n_rows]
 
     def _curv_closure(self, X, y, N) -> torch.Tensor:
         r"""Add one batch's :math:`\sum_b J_S^\top \Lambda J_S` (or EF) into ``H`` in
@@ -423,7 +474,11 @@ class DenseSubnetLaplace(
             raise ValueError(
                 f"The model's output has {f.ndim} dims but the target has {y.ndim} dims."
             )
-        return add_batch_curvature(self.output_curvature, Js, f, y, self.H)
+        rows = None
+        if self._collect_rows:
+            k = rows_per_sample(self.output_curvature, f.shape[-1])
+            rows = self._row_buffer(Js.shape[0] * k)
+        return add_batch_curvature(self.output_curvature, Js, f, y, self.H, rows)
 
     # ------------------------------------------------------------------- posterior
     def _check_H_init(self) -> None:

@@ -111,13 +111,16 @@ class FactorisationMixin:
         self._check_H_init()
         return self._precision.eigh()
 
-    def _marglik_path(self) -> str:
+    def _marglik_path(self, log: bool = True) -> str:
         """``"exact"`` (eigenvalues of H) or ``"slq"`` (large S) for a scalar prior:
         ``marglik_method``, or by S under ``"auto"`` (logged once per S)."""
         path = self.marglik_method
         if path == "auto":
             path = "exact" if self.n_params_subnet <= EXACT_MARGLIK_MAX_S else "slq"
-            if getattr(self, "_logged_path", None) != (self.n_params_subnet, path):
+            if log and getattr(self, "_logged_path", None) != (
+                self.n_params_subnet,
+                path,
+            ):
                 self._logged_path = (self.n_params_subnet, path)
                 logger.info(
                     "marglik_method='auto': S=%d %s %d, scalar-prior evidence on the "

@@ -140,6 +140,7 @@ class DensePrecision:
         self._eig: tuple | None = None
         self._eigvals: tuple | None = None
         self._slq: tuple | None = None
+        self._data_key: tuple | None = None
 
     def invalidate_factor(self) -> None:
         """Free the factor buffer only (the spectra of H stay valid)."""
@@ -223,11 +224,61 @@ class DensePrecision:
             self._eigvals = (self._H_key(), linalg.psd_eigvalsh(self.H.detach()))
         return self._eigvals[1]
 
+    def set_data_spectrum(self, rows: torch.Tensor) -> None:
+        r"""Eigenvalues of the current H from its square-root rows :math:`R`.
+
+        ``rows`` ``(r, s)`` with :math:`R^\top R = H` (up to the round-off of
+        H's own sum) and :math:`r < s`: H has rank at most :math:`r`, and its
+        nonzero eigenvalues are those of the ``(r, r)`` Gram matrix
+        :math:`RR^\top`, formed in float64 by column blocks
+        (:math:`O(r^2 s + r^3)`, against :math:`O(s^3)` for ``eigvalsh`` of H).
+        The ``(s,)`` spectrum (``s - r`` zeros, then the Gram's eigenvalues) is
+        cached as :meth:`eigvalsh`'s, keyed on H like every cache here, so an
+        edit of H after this call makes it stale.
+        """
+        r, s = rows.shape
+        if s != self.n or r >= s:
+            raise ValueError(
+                f"rows must have shape (r, {self.n}) with r < {self.n}; got "
+                f"{tuple(rows.shape)}."
+            )
+        K = torch.zeros(r, r, dtype=torch.float64, device=rows.device)
+        step = max(1, 2**25 // (8 * max(r, 1)))  # 32 MiB float64 column blocks
+        for j in range(0, s, step):
+            blk = rows[:, j : j + step].to(torch.float64)
+            K.addmm_(blk, blk.T)
+        g = linalg.psd_eigvalsh(K)
+        full = torch.zeros(s, dtype=self.H.dtype, device=self.H.device)
+        full[s - r :] = g.to(self.H.dtype)
+        self._eigvals = (self._H_key(), full)
+        self._data_key = self._H_key()
+
+    @property
+    def has_data_spectrum(self) -> bool:
+        """Whether :meth:`eigvalsh` of the current H comes from its square-root
+        rows (:meth:`set_data_spectrum`): exact, and H has rank < S."""
+        return self._data_key is not None and self._data_key == self._H_key()
+
+    def data_spectrum(self) -> torch.Tensor:
+        """The nonzero part (``(r,)``, float64) of the data-space spectrum."""
+        if not self.has_data_spectrum:
+            raise RuntimeError("no data-space spectrum for the current H.")
+        g = self._eigvals[1]
+        return g[g > 0].to(torch.float64)
+
     def slq(
         self, n_probes: int, n_steps: int, seed: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached stochastic Lanczos quadrature nodes and weights of H
-        (:func:`.slq.lanczos_quadrature`)."""
+        (:func:`.slq.lanczos_quadrature`); with a data-space spectrum
+        (:meth:`set_data_spectrum`), that spectrum itself: the nonzero eigenvalues
+        with weight 1 and a node at 0 with weight ``S - r`` (exact)."""
+        if self.has_data_spectrum:
+            g = self.data_spectrum()
+            nodes = torch.cat([g.new_zeros(1), g])
+            weights = torch.ones_like(nodes)
+            weights[0] = self.n - g.numel()
+            return nodes, weights
         key = (self._H_key(), n_probes, n_steps, seed)
         if self._slq is None or self._slq[0] != key:
             nodes, weights = lanczos_quadrature(

@@ -344,9 +344,15 @@ class Stages:
 
 
 def run_seed(
-    seed: int, quick: bool, state_dir: Path | None = None, paper_s: bool = False
+    seed: int,
+    quick: bool,
+    state_dir: Path | None = None,
+    paper_s: bool = False,
+    on_standard=None,
 ) -> dict:
-    """One seed, stage by stage; ``state_dir`` makes it resumable."""
+    """One seed, stage by stage; ``state_dir`` makes it resumable. With
+    ``paper_s``, ``on_standard(run)`` receives the run before the S = 42,438 stage
+    (so the standard methods' results are written while that long stage runs)."""
     tr, va, te = splits(quick)
     ood = ood_set(quick)
     angles = [0, 90, 180] if quick else ANGLES
@@ -498,11 +504,15 @@ def run_seed(
         ),
         "subnet random": lambda: selection.get("random")(model, S, seed=seed),
     }
+    S_paper = 2 * S if quick else PAPER_S
+    paper = f"subnet Wasserstein S={S_paper}"
     if paper_s:  # the paper's subnetwork size (42,438 of ResNet-18's 11.2M)
-        subnets[f"subnet Wasserstein S={PAPER_S}"] = lambda: selection.get(
-            "wasserstein"
-        )(model, PAPER_S, likelihood="classification")
+        subnets[paper] = lambda: selection.get("wasserstein")(
+            model, S_paper, likelihood="classification"
+        )
     for name, make_mask in subnets.items():
+        if name == paper and on_standard is not None:
+            on_standard({"info": info, "rows": rows})
         if not st.todo(name):
             continue
         t0 = time.time()
@@ -620,10 +630,13 @@ def main() -> None:
         runs = [run_seed(0, quick=True)]
     elif a.seed is not None:
         state = out.parent / "partial" / f"{out.name}_seed{a.seed}"
-        run = run_seed(a.seed, quick=False, state_dir=state, paper_s=a.paper_s)
         path = seed_path(out, a.seed)
-        path.write_text(json.dumps(run, indent=1))
-        print(f"wrote {path}")
+
+        def write(run: dict) -> None:
+            path.write_text(json.dumps(run, indent=1))
+            print(f"wrote {path}", flush=True)
+
+        write(run_seed(a.seed, False, state, a.paper_s, on_standard=write))
         return
     elif a.report:
         runs = finished_seeds(out)

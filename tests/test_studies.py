@@ -137,7 +137,7 @@ def test_rotated_mnist_resumes_a_killed_seed_with_the_same_numbers(
     (finished ones are not rerun) and ends with exactly the rows of an
     uninterrupted run: every stage seeds its own random numbers."""
     torch.set_default_dtype(torch.float32)  # the study's dtype (the fixture restores)
-    plain = rotated_mnist.run_seed(0, quick=True)
+    plain = rotated_mnist.run_seed(0, quick=True, paper_s=True)
     finish, ran = rotated_mnist.Stages.finish, []
 
     def killed_after_four(self, stage, **tensors):
@@ -155,8 +155,16 @@ def test_rotated_mnist_resumes_a_killed_seed_with_the_same_numbers(
     monkeypatch.setattr(
         rotated_mnist, "train", lambda *a, **k: rerun.append(1) or a[0].eval()
     )
-    resumed = rotated_mnist.run_seed(0, quick=True, state_dir=tmp_path)
+    standard = []
+    resumed = rotated_mnist.run_seed(
+        0, True, tmp_path, paper_s=True, on_standard=lambda r: standard.append(
+            {r["method"] for r in r["rows"]}
+        )
+    )  # fmt: skip
     assert rerun == []  # neither the MAP nor the ensemble was trained again
+    # the standard methods were handed out (and written) before the S = 400 stage
+    assert len(standard) == 1 and "subnet random" in standard[0]
+    assert "subnet Wasserstein S=400" not in standard[0]
     assert resumed["info"]["runs"] == 2
     assert resumed["rows"] == plain["rows"]
     assert resumed["info"]["prior_precision"] == plain["info"]["prior_precision"]

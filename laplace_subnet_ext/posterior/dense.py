@@ -403,22 +403,26 @@ class DenseSubnetLaplace(
         pbar = tqdm.tqdm(train_loader, disable=not progress_bar)
         pbar.set_description("[Computing subnetwork Hessian]")
         loss = torch.zeros((), device=self._device, dtype=self._dtype)
-        for i, data in enumerate(pbar):
-            if isinstance(data, MutableMapping):
-                X, y = to_device(data, self._device), data[self.dict_key_y]
-            else:
-                X, y = data
-                X = to_device(X, self._device)
-            try:
-                loss_b = self._curv_closure(X, y.to(self._device), N)
-            except FloatingPointError as err:
-                raise ValueError(
-                    f"train_loader batch {i} (0-based) gives a non-finite {err}; "
-                    "nothing of it was added. Check that batch's inputs and targets, "
-                    "and the model's dtype (float16 overflows above 65504; fit a "
-                    "float32 copy)."
-                ) from None
-            loss = loss + loss_b
+        try:
+            for i, data in enumerate(pbar):
+                if isinstance(data, MutableMapping):
+                    X, y = to_device(data, self._device), data[self.dict_key_y]
+                else:
+                    X, y = data
+                    X = to_device(X, self._device)
+                try:
+                    loss_b = self._curv_closure(X, y.to(self._device), N)
+                except FloatingPointError as err:
+                    raise ValueError(
+                        f"train_loader batch {i} (0-based) gives a non-finite {err}; "
+                        "nothing of it was added. Check that batch's inputs and targets, "
+                        "and the model's dtype (float16 overflows above 65504; fit a "
+                        "float32 copy)."
+                    ) from None
+                loss = loss + loss_b
+        except BaseException:
+            self._rows, self._collect_rows = None, False  # free the rows at once
+            raise
         n_data = torch.tensor(N, device=self._device)
         if distributed:
             for t in (self.H, loss, n_data):
@@ -475,7 +479,7 @@ class DenseSubnetLaplace(
                 f"The model's output has {f.ndim} dims but the target has {y.ndim} dims."
             )
         rows = None
-        if self._collect_rows:
+        if getattr(self, "_collect_rows", False):
             k = rows_per_sample(self.output_curvature, f.shape[-1])
             rows = self._row_buffer(Js.shape[0] * k)
         return add_batch_curvature(self.output_curvature, Js, f, y, self.H, rows)

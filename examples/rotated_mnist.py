@@ -587,6 +587,45 @@ def table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown(runs: list[dict], summary: list[dict]) -> str:
+    """README table: per (method, prior) the clean and rotated metrics (mean over
+    seeds of the per-seed mean over 15-180 degrees, ± s.e. over seeds)."""
+    keys = list(dict.fromkeys((r["method"], r["prior"]) for r in summary))
+    head = (
+        "| method | prior | seeds | clean acc | clean NLL | rotated acc | rotated NLL "
+        "| rotated ECE | rotated Brier | OOD AUROC |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for m, prior in keys:
+        per_seed = []  # per seed: clean and rotated means of each metric
+        for run in runs:
+            rs = [r for r in run["rows"] if (r["method"], r["prior"]) == (m, prior)]
+            if not rs:
+                continue
+            clean = next(r for r in rs if r["angle"] == 0)
+            rot = [r for r in rs if r["angle"] not in (0, "ood")]
+            ood = [r["ood_auroc"] for r in rs if r["angle"] == "ood"]
+            row = {f"{k} 0": clean[k] for k in METRICS}
+            row |= {f"{k} rot": sum(r[k] for r in rot) / len(rot) for k in METRICS}
+            row["auroc"] = ood[0] if ood else float("nan")
+            per_seed.append(row)
+
+        def cell(k: str, rows=per_seed) -> str:
+            v = torch.tensor([r[k] for r in rows], dtype=torch.float64)
+            if len(v) == 1:
+                return f"{float(v[0]):.3f}"
+            return f"{float(v.mean()):.3f} ± {float(v.std() / len(v) ** 0.5):.3f}"
+
+        cols = ["acc 0", "nll 0", "acc rot", "nll rot", "ece rot", "brier rot", "auroc"]
+        lines.append(
+            f"| {m} | {prior} | {len(per_seed)} | "
+            + " | ".join(cell(k) for k in cols)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def plot(summary: list[dict], path: Path, prior: str = "gridsearch") -> None:
     import matplotlib
 
@@ -655,6 +694,8 @@ def main() -> None:
     )  # fmt: skip
     plot(summary, out.with_suffix(".png"))
     print(table(summary))
+    if not a.quick:
+        print(markdown(runs, summary))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
 
 

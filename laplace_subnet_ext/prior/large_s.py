@@ -159,16 +159,7 @@ def tune_scalar_prior_slq(
         )
         info["lambda"] = info.pop("lambda_")
     info["seconds"] = time.perf_counter() - t0
-    logger.info(
-        "scalar prior by marginal likelihood, large-S path (S=%d): SLQ lambda=%.4g, "
-        "tuned lambda=%.4g (%.1f s)",
-        S,
-        info["lambda_slq"],
-        info["lambda"],
-        info["seconds"],
-    )
-    la.marglik_tuning_info = info
-    return info
+    return _record(la, info, f"SLQ lambda={info['lambda_slq']:.4g}, tuned")
 
 
 def _tune_on_data_spectrum(la: Any, h: float, S: int, sc: float, t0: float) -> dict:
@@ -188,11 +179,16 @@ def _tune_on_data_spectrum(la: Any, h: float, S: int, sc: float, t0: float) -> d
         "seconds_exact": time.perf_counter() - t1,
         "seconds": time.perf_counter() - t0,
     }
+    return _record(la, info, f"exact from the data-space spectrum (rank {g.numel()}),")
+
+
+def _record(la: Any, info: dict, how: str) -> dict:
+    """Log the tuned prior and keep ``info`` as ``la.marglik_tuning_info``."""
     logger.info(
-        "scalar prior by marginal likelihood, large-S path (S=%d): exact from the "
-        "data-space spectrum (rank %d), lambda=%.4g (%.1f s)",
-        S,
-        info["rank"],
+        "scalar prior by marginal likelihood, large-S path (S=%d): %s lambda=%.4g "
+        "(%.1f s)",
+        la.n_params_subnet,
+        how,
         info["lambda"],
         info["seconds"],
     )

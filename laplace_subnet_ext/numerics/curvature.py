@@ -65,16 +65,16 @@ def output_hessian(f: torch.Tensor, likelihood: str) -> torch.Tensor | None:
 
 
 def rows_per_sample(curv: GGNInterface | EFInterface, n_outputs: int) -> int:
-    """Rows of the square-root factor :math:`R` (:math:`H = R^\top R`) per input:
+    r"""Rows of the square-root factor :math:`R` (:math:`H = R^\top R`) per input:
     one per output for a GGN, one for the empirical Fisher."""
     return 1 if isinstance(curv, EFInterface) else n_outputs
 
 
 def _square_root_rows(Lam: torch.Tensor | None, Js: torch.Tensor) -> torch.Tensor:
-    r"""``(b k, s)`` rows :math:`A_b^	op J_b` with :math:`A_b A_b^	op = \Lambda_b`
-    (``Lam`` None: the identity), so that their Gram sum is :math:`\sum_b
-    J_b^	op\Lambda_b J_b`; :math:`A_b = U\sqrt{e}` from ``eigh`` of the small
-    ``(c, c)`` output Hessian (round-off negatives clipped)."""
+    r"""``(b k, s)`` rows :math:`A_b^\top J_b` with :math:`A_b A_b^\top = \Lambda_b`
+    (``Lam`` None: the identity), so that their Gram sum is
+    :math:`\sum_b J_b^\top \Lambda_b J_b`; :math:`A_b = U\sqrt{e}` from ``eigh`` of
+    the small ``(c, c)`` output Hessian (round-off negatives clipped)."""
     S = Js.shape[-1]
     if Lam is None:
         return Js.reshape(-1, S)

@@ -448,15 +448,13 @@ class DenseSubnetLaplace(
         marginal-likelihood path (:mod:`..prior.large_s`) is the one user."""
         return self._marglik_path(log=False) == "slq"
 
-    def _row_buffer(self, n_rows: int) -> torch.Tensor | None:
-        """The next ``n_rows`` of the square-root buffer, allocated at the first
-        batch for ``len(dataset)`` inputs when they number at most S / 8 rows
-        (0.125 S x S, while fit holds H only); None (collection stops) if not."""
-        if not self._collect_rows:
-            return None
-        S = self.n_params_subnet
+    def _row_buffer(self, n_inputs: int, k: int) -> torch.Tensor | None:
+        """The square-root buffer's next rows for ``n_inputs`` inputs of ``k``
+        rows each, allocated at the first batch for ``len(dataset)`` inputs when
+        they number at most S / 8 rows (0.125 S x S, while fit holds H only);
+        None (collection stops) if not."""
+        S, n_rows = self.n_params_subnet, n_inputs * k
         if self._rows is None:
-            k = rows_per_sample(self.output_curvature, self.n_outputs)
             total = self._n_fit_inputs * k
             if total * DATA_SPECTRUM_RANK_DIVISOR > S:
                 self._collect_rows = False
@@ -481,7 +479,7 @@ class DenseSubnetLaplace(
         rows = None
         if getattr(self, "_collect_rows", False):
             k = rows_per_sample(self.output_curvature, f.shape[-1])
-            rows = self._row_buffer(Js.shape[0] * k)
+            rows = self._row_buffer(Js.shape[0], k)
         return add_batch_curvature(self.output_curvature, Js, f, y, self.H, rows)
 
     # ------------------------------------------------------------------- posterior

@@ -140,7 +140,7 @@ class DensePrecision:
         self._eig: tuple | None = None
         self._eigvals: tuple | None = None
         self._slq: tuple | None = None
-        self._data_key: tuple | None = None
+        self._data: tuple | None = None  # (H key, float64 Gram eigenvalues)
 
     def invalidate_factor(self) -> None:
         """Free the factor buffer only (the spectra of H stay valid)."""
@@ -251,20 +251,20 @@ class DensePrecision:
         full = torch.zeros(s, dtype=self.H.dtype, device=self.H.device)
         full[s - r :] = g.to(self.H.dtype)
         self._eigvals = (self._H_key(), full)
-        self._data_key = self._H_key()
+        self._data = (self._H_key(), g)
 
     @property
     def has_data_spectrum(self) -> bool:
         """Whether :meth:`eigvalsh` of the current H comes from its square-root
         rows (:meth:`set_data_spectrum`): exact, and H has rank < S."""
-        return self._data_key is not None and self._data_key == self._H_key()
+        return self._data is not None and self._data[0] == self._H_key()
 
     def data_spectrum(self) -> torch.Tensor:
-        """The nonzero part (``(r,)``, float64) of the data-space spectrum."""
+        """``(r,)`` float64 eigenvalues of the Gram matrix (H's nonzero spectrum,
+        padded with zeros where the rows are dependent)."""
         if not self.has_data_spectrum:
             raise RuntimeError("no data-space spectrum for the current H.")
-        g = self._eigvals[1]
-        return g[g > 0].to(torch.float64)
+        return self._data[1]
 
     def slq(
         self, n_probes: int, n_steps: int, seed: int

@@ -91,7 +91,7 @@ def add_batch_curvature(
     H: torch.Tensor,
     rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Add a batch's curvature into ``H`` in place; return its loss.
+    r"""Add a batch's curvature into ``H`` in place; return its loss.
 
     One ``addmm_`` of the ``(b c, s)`` factors: no S x S temporary. Nothing is
     added (and ``FloatingPointError`` is raised) if the loss, a factor or the sum

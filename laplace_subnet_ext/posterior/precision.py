@@ -52,7 +52,7 @@ def _number(x: torch.Tensor | float) -> float:
 
 @dataclass
 class _Factor:
-    """The S x S buffer beside H: what it holds and for which H / h / prior.
+    r"""The S x S buffer beside H: what it holds and for which H / h / prior.
 
     ``kind``: ``"prec_chol"`` (lower :math:`L`, :math:`P = LL^\top`), ``"cov"``
     (:math:`\Sigma`) or ``"cov_sqrt"`` (:math:`C`, :math:`CC^\top = \Sigma`).

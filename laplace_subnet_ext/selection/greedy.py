@@ -117,7 +117,7 @@ def greedy_schur(
 
 @register("greedy_laplace")
 class GreedyLaplaceMask(TrainableSubnetMask):
-    """Greedy-Laplace: greedily maximise the captured predictive variance (module
+    r"""Greedy-Laplace: greedily maximise the captured predictive variance (module
     docstring).
 
     Parameters

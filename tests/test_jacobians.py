@@ -91,3 +91,100 @@ def test_generic_chunking_matches_single_chunk():
     J1, _ = SubnetJacobians(model, layout, generic_chunk_size=2)(x)
     J2, _ = SubnetJacobians(model, layout, generic_chunk_size=100)(x)
     assert_close(J1, J2, 1e-14, "chunked")
+
+
+class _Convs(torch.nn.Module):
+    """Strided, dilated and padded convolutions, a shared (tied) Linear, a sequence."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.c1 = nn.Conv2d(2, 5, 3, stride=2, padding=1)
+        self.c2 = nn.Conv2d(5, 4, (3, 2), dilation=(1, 2), padding=(2, 0), bias=False)
+        self.tied = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.c2(torch.tanh(self.c1(x)))  # (n, 4, 6, 1)
+        seq = torch.tanh(
+            h.flatten(2).transpose(1, 2)[:, :, :4].repeat(1, 1, 2)[..., :6]
+        )
+        seq = self.tied(torch.tanh(self.tied(seq)))  # (n, 6, 6), tied weight twice
+        return self.head(seq.mean(1))
+
+
+def _block_models():
+    nn = torch.nn
+    torch.manual_seed(0)
+    enc = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=False)
+
+    class SeqFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc, self.head = enc, nn.Linear(8, 3)
+
+        def forward(self, x):  # x (n, L, 8) -> sequence-first inside
+            return self.head(self.enc(x.transpose(0, 1)).mean(0))
+
+    return [
+        ("convs_tied", _Convs, lambda: torch.randn(5, 2, 11, 9)),
+        ("transformer_seq_first", SeqFirst, lambda: torch.randn(4, 5, 8)),
+    ]
+
+
+@pytest.mark.parametrize(
+    "name,make,make_x", _block_models(), ids=lambda v: v if isinstance(v, str) else ""
+)
+@pytest.mark.parametrize("frac", [0.05, 0.6])
+@pytest.mark.parametrize("ratio", [0, float("inf")], ids=["gathered", "blocked"])
+def test_blocked_and_gathered_weight_entries_match_dense(
+    name, make, make_x, frac, ratio, monkeypatch
+):
+    """Both ways of forming a weight's entries (entry by entry, or a dense
+    matmul block over their rows and columns, in row chunks) equal torch.func."""
+    from laplace_subnet_ext.jacobians import engine
+
+    torch.manual_seed(1)
+    model = make().double().eval()
+    x = make_x().double()
+    monkeypatch.setattr(engine, "BLOCK_RATIO", ratio)
+    monkeypatch.setattr(engine, "CHUNK_ELEMENTS", 64)  # several row chunks
+    plans = []
+    real_plan = engine._plan
+    monkeypatch.setattr(
+        engine, "_plan", lambda s, u: plans.append(real_plan(s, u)) or plans[-1]
+    )
+    idx = random_indices(model, frac)
+    J_ref, _ = dense_reference(model, x)
+    jac = SubnetJacobians(model, SubnetLayout(model, idx))
+    Js, _ = jac(x)
+    assert not jac.generic_reasons
+    kinds = {type(p).__name__ for p in plans}
+    assert ("_Blocked" in kinds) == (ratio > 0), kinds
+    assert_close(Js, J_ref[:, :, idx], 1e-10, f"{name} {frac} ratio={ratio}")
+
+
+def test_block_plan_follows_the_fill_of_rows_and_columns():
+    """A selection filling its rows x columns is blocked; a scattered one is not;
+    with one position per sample only a full block is worth a matmul."""
+    from laplace_subnet_ext.jacobians import engine
+    from laplace_subnet_ext.jacobians.layout import TensorSelection
+    from laplace_subnet_ext.jacobians.rules import linear_uses
+
+    lin = torch.nn.Linear(64, 64)
+    a = torch.randn(3, 16, 64)  # 16 positions per sample
+    (use, _) = linear_uses(lin.weight, lin.bias, a, lin(a), 3)
+
+    def plan(local):
+        sel = TensorSelection(
+            "w", lin.weight, lin, "weight", local, torch.arange(len(local))
+        )
+        return type(engine._plan(sel, use)).__name__
+
+    dense = (torch.arange(8)[:, None] * 64 + torch.arange(8)).flatten()  # 8x8 block
+    diagonal = torch.arange(64) * 65  # 64 rows x 64 columns, 64 entries
+    assert plan(dense) == "_Blocked"
+    assert plan(diagonal) == "_Gathered"
+    b = torch.randn(3, 64)  # one position: block work 8 x 8 x 17 > 16 x 64 x 1
+    (use, _) = linear_uses(lin.weight, lin.bias, b, lin(b), 3)
+    assert plan(dense) == "_Gathered"

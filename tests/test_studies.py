@@ -130,14 +130,25 @@ def test_stdlib_sentences_are_fixed_non_review_text():
     assert all(6 <= len(s.split()) <= 40 for s in a)
 
 
+@pytest.fixture(scope="module")
+def rotated_quick_run():
+    """One uninterrupted quick seed with the large-S stage (shared by two tests)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)  # the study's dtype
+    try:
+        return rotated_mnist.run_seed(0, quick=True, paper_s=True)
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def test_rotated_mnist_resumes_a_killed_seed_with_the_same_numbers(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, rotated_quick_run
 ):
     """A seed killed after some stages resumes at the first unfinished stage
     (finished ones are not rerun) and ends with exactly the rows of an
     uninterrupted run: every stage seeds its own random numbers."""
     torch.set_default_dtype(torch.float32)  # the study's dtype (the fixture restores)
-    plain = rotated_mnist.run_seed(0, quick=True, paper_s=True)
+    plain = rotated_quick_run
     finish, ran = rotated_mnist.Stages.finish, []
 
     def killed_after_four(self, stage, **tensors):
@@ -168,3 +179,71 @@ def test_rotated_mnist_resumes_a_killed_seed_with_the_same_numbers(
     assert resumed["info"]["runs"] == 2
     assert resumed["rows"] == plain["rows"]
     assert resumed["info"]["prior_precision"] == plain["info"]["prior_precision"]
+
+
+def test_rotated_mnist_paper_s_only_gives_the_full_runs_rows(
+    tmp_path, rotated_quick_run
+):
+    """``--paper-s-only`` (MAP, GGN diagonal, the large-S stage) trains the same
+    MAP and selects the same subnetwork as the full run: identical rows."""
+    torch.set_default_dtype(torch.float32)
+    full = rotated_quick_run
+    only = rotated_mnist.run_seed(0, True, tmp_path, paper_only=True)
+    paper = "subnet Wasserstein S=400"
+    assert {r["method"] for r in only["rows"]} == {paper}
+    assert only["rows"] == [r for r in full["rows"] if r["method"] == paper]
+    assert only["info"]["grid_visited"] == full["info"]["grid_visited"]
+    assert only["info"]["paper_only"] is True
+
+
+def test_grid_walk_finds_the_grid_minimum_of_a_unimodal_curve():
+    values = [5.0, 3.0, 2.0, 1.5, 1.2, 1.4, 2.0, 3.5]
+    for start in range(len(values)):
+        calls = []
+        i, seen = rotated_mnist.grid_walk(
+            lambda j, calls=calls: calls.append(j) or values[j], len(values), start
+        )
+        assert i == 4 and len(calls) == len(set(calls)) == len(seen)
+        assert len(calls) <= abs(start - 4) + 3
+    # two valleys: the walk stops in the one it starts in (a local minimum)
+    bimodal = [1.0, 2.0, 3.0, 2.5, 0.5, 2.0]
+    assert rotated_mnist.grid_walk(lambda j: bimodal[j], 6, 1)[0] == 0
+    assert rotated_mnist.grid_walk(lambda j: bimodal[j], 6, 3)[0] == 4
+
+
+def test_large_s_tuning_by_factorisation_equals_the_eigendecomposition_path():
+    """The S = 42,438 stage's per-value factorisations give the validation NLLs
+    and predictive of the eigendecomposition path (prior_sweep, glm_along_priors)."""
+    from laplace_subnet_ext import DenseSubnetLaplace
+    from laplace_subnet_ext.diagnostics import glm_along_priors, prior_sweep
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4)
+    ).double()
+    X, y = torch.randn(60, 5, dtype=torch.float64), torch.randint(4, (60,))
+    Xv, yv = torch.randn(30, 5, dtype=torch.float64), torch.randint(4, (30,))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(X, y), batch_size=20
+    )
+    la = DenseSubnetLaplace(
+        model, "classification", torch.randperm(164)[:70], prior_precision=1.0
+    )
+    la.fit(loader)
+    grid = rotated_mnist.GRID.double()
+    sweep = prior_sweep(la, (Xv, yv), prior_precisions=grid)
+    lam_grid, visited = rotated_mnist.tune_by_factorisation(la, (Xv, yv), 1.0)
+    for lam, nll in visited.items():
+        assert nll == pytest.approx(sweep.at(lam, "val")["nll"], rel=1e-9)
+    col = sweep.column("nll", "val")
+    k = col.index(min(col))  # one valley here, so the walk ends at the grid's choice
+    assert all(a >= b for a, b in zip(col[:k], col[1 : k + 1]))
+    assert all(a <= b for a, b in zip(col[k:], col[k + 1 :]))
+    assert lam_grid == pytest.approx(sweep.marks["gridsearch"])
+    assert len(visited) < len(grid)  # and it did not visit the whole grid
+    f, f_var = glm_along_priors(la, Xv, [0.3, 30.0])
+    for k, lam in enumerate([0.3, 30.0]):
+        p = rotated_mnist.predict_by_factorisation(la, Xv, lam, bs=7)
+        torch.testing.assert_close(
+            p, rotated_mnist.probit(f, f_var[k]), rtol=1e-10, atol=1e-12
+        )

@@ -69,6 +69,12 @@ logger = logging.getLogger(__name__)
 
 #: elements of one (b, chunk, t) product; bounds the fast path's scratch memory
 CHUNK_ELEMENTS = 2**24
+#: a weight use's selected entries are formed as a dense block (one batched
+#: matmul) when the block's work is at most BLOCK_RATIO times that of gathering
+#: them one by one; BLOCK_OVERHEAD is the block's per-entry cost in positions
+#: (see :func:`_plan`; measured in benchmarks/bench_conv_block.py)
+BLOCK_RATIO = 16
+BLOCK_OVERHEAD = 16
 
 
 class SubnetJacobians:
@@ -196,7 +202,7 @@ class SubnetJacobians:
         fast = [s for s in candidates if id(s.param) in report.ok]
         Js = f.new_zeros(b, c, self.layout.n_subnet)
         work = [
-            (sel, u, u.factor(sel.local))  # input-side factors once per forward
+            (sel, u, _plan(sel, u))  # input-side factors once per forward
             for sel in fast
             for u in cap.uses[id(sel.param)]
             if u.z.requires_grad
@@ -221,12 +227,10 @@ class SubnetJacobians:
                     pred[key] = w * r if pred[key] is None else pred[key] + w * r
                     a = (w * r).abs()
                     size[key] = a if size[key] is None else size[key] + a
-            for sel, u, h in work:
+            for sel, u, plan in work:
                 dz = grad_of[id(u.z)]
                 if dz is not None:
-                    Js[:, k, sel.positions] += _contract(
-                        u.gradient(dz.detach(), sel.local), h
-                    )
+                    Js[:, k, sel.positions] += plan.contract(u, dz.detach(), sel.local)
         bad = self._misattributed(f, wts, zs, outs, pred, size, report.compute_eps)
         demoted = [s for s in candidates if id(s.param) not in report.ok]
         wrong = {id(outs[key].param) for key in bad}
@@ -341,16 +345,86 @@ class SubnetJacobians:
         return Jc, fc
 
 
-def _contract(g: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
-    """``(b, s)``: :math:`\sum_t g_{bst} h_{bst}` in chunks of bounded scratch memory."""
-    if h is None:
-        return g.sum(-1)
-    b, n, t = g.shape
-    step = max(1, CHUNK_ELEMENTS // max(1, b * t))
-    return torch.cat(
-        [(g[:, i : i + step] * h[:, i : i + step]).sum(-1) for i in range(0, n, step)],
-        dim=1,
-    )
+def _plan(sel: TensorSelection, use) -> _Gathered | _Blocked:
+    r"""How one use's selected entries are formed.
+
+    A dense block of per-sample gradients over the entries' rows :math:`R` and
+    columns :math:`C` (one batched matmul, :math:`|R||C|(t + w)` work for
+    :math:`t` positions and a per-entry write cost :math:`w` =
+    ``BLOCK_OVERHEAD``) where that is at most ``BLOCK_RATIO`` times the
+    :math:`s t` products of gathering the :math:`s` entries one by one, which
+    cost more each (scattered reads); else gathered."""
+    if use.outer is not None:
+        in_f = use.outer.in_features
+        s = sel.local.numel()
+        rows, r_inv = torch.unique(sel.local // in_f, return_inverse=True)
+        cols, c_inv = torch.unique(sel.local % in_f, return_inverse=True)
+        span = rows.numel() * cols.numel()
+        if span <= BLOCK_RATIO * s:
+            H = use.outer.in_cols(cols)  # (b, t, |C|)
+            t = H.shape[1]
+            if span * (t + BLOCK_OVERHEAD) <= BLOCK_RATIO * s * t:
+                return _Blocked(use.outer, rows, H, r_inv, c_inv)
+    return _Gathered(use.factor(sel.local))
+
+
+class _Gathered:
+    r"""Entry by entry: :math:`\sum_t g_{bst} h_{bst}` from the use's gathered
+    factors, in chunks of bounded scratch memory."""
+
+    def __init__(self, h: torch.Tensor | None) -> None:
+        self.h = h
+
+    def contract(self, use, dz: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+        g = use.gradient(dz, local)
+        if self.h is None:
+            return g.sum(-1)
+        b, n, t = g.shape
+        step = max(1, CHUNK_ELEMENTS // max(1, b * t))
+        h = self.h
+        return torch.cat(
+            [
+                (g[:, i : i + step] * h[:, i : i + step]).sum(-1)
+                for i in range(0, n, step)
+            ],
+            dim=1,
+        )
+
+
+class _Blocked:
+    r"""Dense block :math:`G_{bRt} H_{btC}` over the selected entries' rows
+    :math:`R` and columns :math:`C` (one batched matmul per chunk of rows), the
+    selected entries then picked from it. The same sums as :class:`_Gathered`
+    in another order; one chunk's block holds at most ``CHUNK_ELEMENTS`` entries
+    (at least one row)."""
+
+    def __init__(self, outer, rows, H, r_inv, c_inv) -> None:
+        self.outer, self.rows, self.H = outer, rows, H  # H: (b, t, |C|)
+        b, _, n_cols = H.shape
+        by_row = torch.argsort(r_inv, stable=True)  # entries grouped by row
+        self.unsort = torch.argsort(by_row)
+        r_sorted, c_sorted = r_inv[by_row], c_inv[by_row]
+        step = max(1, CHUNK_ELEMENTS // max(1, b * n_cols))
+        bounds = torch.arange(0, rows.numel() + step, step, device=rows.device)
+        ends = torch.searchsorted(r_sorted, bounds).tolist()
+        #: (first row, last row + 1, places of the chunk's entries in its block)
+        self.chunks = [
+            (
+                r0,
+                r0 + step,
+                (r_sorted[lo:hi] - r0) * n_cols + c_sorted[lo:hi],
+            )
+            for r0, lo, hi in zip(bounds.tolist(), ends, ends[1:])
+            if hi > lo
+        ]
+
+    def contract(self, use, dz: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+        G = self.outer.out_rows(dz).index_select(1, self.rows)  # (b, |R|, t)
+        parts = [
+            torch.bmm(G[:, r0:r1], self.H).flatten(1).index_select(1, flat)
+            for r0, r1, flat in self.chunks
+        ]
+        return torch.cat(parts, 1).index_select(1, self.unsort)
 
 
 def _split_cols(Js: torch.Tensor, selections: list[TensorSelection]) -> list:

@@ -44,6 +44,7 @@ from torch import nn
 
 __all__ = [
     "Use",
+    "Outer",
     "Rule",
     "RULES",
     "covered_modules",
@@ -61,7 +62,7 @@ _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 @dataclass(eq=False)
 class Use:
-    """One use of a parameter tensor inside a recognised operation.
+    r"""One use of a parameter tensor inside a recognised operation.
 
     Attributes
     ----------
@@ -82,6 +83,12 @@ class Use:
         layout under which the rule credits the rows of ``z`` to samples.
         The engine checks this crediting on every forward pass
         (:func:`.guard.misattributed`).
+    outer : Outer or None
+        The same entries written as a matrix product, for a weight ``(o, i)``
+        used as :math:`\sum_t g_{ot} h_{it}`: lets the engine form a dense
+        block of per-sample gradients with one batched matmul where the
+        selected entries fill enough of their rows and columns. ``None``: the
+        engine uses ``factor`` and ``gradient`` only.
     """
 
     param: torch.Tensor
@@ -91,6 +98,30 @@ class Use:
     factor: Callable[[torch.Tensor], torch.Tensor | None]
     gradient: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     sample_rows: Callable[[torch.Tensor], torch.Tensor]
+    outer: Outer | None = None
+
+
+@dataclass(eq=False)
+class Outer:
+    r"""A weight use :math:`\partial f/\partial W_{oi} = \sum_t g_{ot} h_{it}`.
+
+    Entry ``local`` of the flattened weight is row ``local // in_features``,
+    column ``local % in_features`` (a Linear weight; a Conv2d weight with its
+    input channels and kernel offsets flattened into columns).
+
+    Attributes
+    ----------
+    out_rows : callable
+        ``dz -> (n, o, t)``: the output gradient by weight row.
+    in_cols : callable
+        ``cols -> (n, t, len(cols))``: the input factor of the given columns.
+    in_features : int
+        Columns of the weight.
+    """
+
+    out_rows: Callable[[torch.Tensor], torch.Tensor]
+    in_cols: Callable[[torch.Tensor], torch.Tensor]
+    in_features: int
 
 
 def _leading(n: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -131,9 +162,16 @@ def linear_uses(
                 z,
                 (a,),
                 n,
-                lambda local: A[:, :, local % in_f].transpose(1, 2),
-                lambda dz, local: rows(dz)[:, :, local // in_f].transpose(1, 2),
+                lambda local: A.index_select(2, local % in_f).transpose(1, 2),
+                lambda dz, local: (
+                    rows(dz).index_select(2, local // in_f).transpose(1, 2)
+                ),
                 flat,
+                Outer(
+                    lambda dz: rows(dz).transpose(1, 2),
+                    lambda cols: A.index_select(2, cols),
+                    in_f,
+                ),
             )
         )
     if bias is not None:
@@ -249,9 +287,14 @@ class Conv2dRule(Rule):
                 output,
                 (a,),
                 n,
-                lambda local: unf[:, local % per_out, :],
-                lambda dz, local: _channels(dz)[:, local // per_out, :],
+                lambda local: unf.index_select(1, local % per_out),
+                lambda dz, local: _channels(dz).index_select(1, local // per_out),
                 _leading(n),
+                Outer(
+                    _channels,
+                    lambda cols: unf.index_select(1, cols).transpose(1, 2),
+                    per_out,
+                ),
             )
         ]
         if m.bias is not None:

@@ -183,8 +183,11 @@ def test_block_plan_follows_the_fill_of_rows_and_columns():
 
     dense = (torch.arange(8)[:, None] * 64 + torch.arange(8)).flatten()  # 8x8 block
     diagonal = torch.arange(64) * 65  # 64 rows x 64 columns, 64 entries
-    assert plan(dense) == "_Blocked"
+    r, c = torch.arange(8)[:, None], torch.arange(8)
+    part = (r * 64 + c)[(r + c) % 8 < 3]  # 24 entries spanning all 8 x 8
+    assert plan(dense) == plan(part) == "_Blocked"
     assert plan(diagonal) == "_Gathered"
-    b = torch.randn(3, 64)  # one position: block work 8 x 8 x 17 > 16 x 64 x 1
+    b = torch.randn(3, 64)  # one position: the block's per-entry cost weighs more
     (use, _) = linear_uses(lin.weight, lin.bias, b, lin(b), 3)
-    assert plan(dense) == "_Gathered"
+    assert plan(dense) == "_Blocked"  # 64 x (1 + 16) <= 32 x 64 x 1
+    assert plan(part) == "_Gathered"  # 64 x (1 + 16) > 32 x 24 x 1

@@ -73,7 +73,7 @@ CHUNK_ELEMENTS = 2**24
 #: matmul) when the block's work is at most BLOCK_RATIO times that of gathering
 #: them one by one; BLOCK_OVERHEAD is the block's per-entry cost in positions
 #: (see :func:`_plan`; measured in benchmarks/bench_conv_block.py)
-BLOCK_RATIO = 16
+BLOCK_RATIO = 32
 BLOCK_OVERHEAD = 16
 
 

@@ -74,8 +74,8 @@ def contraction_rows(n: int, repeats: int) -> list[dict]:
                 engine.BLOCK_RATIO = ratio
                 plan = engine._plan(sel, use)
 
-                def one(plan=plan, use=use, dz=dz, local=local):
-                    return plan.contract(use, dz, local)
+                def one(plan=plan, dz=dz):
+                    return plan.contract(dz)
 
                 row["gathered" if ratio == 0 else "blocked"] = best(one, repeats)
             row["blocked/gathered"] = row["blocked"] / row["gathered"]

@@ -230,7 +230,7 @@ class SubnetJacobians:
             for sel, u, plan in work:
                 dz = grad_of[id(u.z)]
                 if dz is not None:
-                    Js[:, k, sel.positions] += plan.contract(u, dz.detach(), sel.local)
+                    Js[:, k, sel.positions] += plan.contract(dz.detach())
         bad = self._misattributed(f, wts, zs, outs, pred, size, report.compute_eps)
         demoted = [s for s in candidates if id(s.param) not in report.ok]
         wrong = {id(outs[key].param) for key in bad}
@@ -365,18 +365,19 @@ def _plan(sel: TensorSelection, use) -> _Gathered | _Blocked:
             t = H.shape[1]
             if span * (t + BLOCK_OVERHEAD) <= BLOCK_RATIO * s * t:
                 return _Blocked(use.outer, rows, H, r_inv, c_inv)
-    return _Gathered(use.factor(sel.local))
+    return _Gathered(use, sel.local)
 
 
 class _Gathered:
     r"""Entry by entry: :math:`\sum_t g_{bst} h_{bst}` from the use's gathered
     factors, in chunks of bounded scratch memory."""
 
-    def __init__(self, h: torch.Tensor | None) -> None:
-        self.h = h
+    def __init__(self, use, local: torch.Tensor) -> None:
+        self.use, self.local = use, local
+        self.h = use.factor(local)  # (b, s, t) or None
 
-    def contract(self, use, dz: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
-        g = use.gradient(dz, local)
+    def contract(self, dz: torch.Tensor) -> torch.Tensor:
+        g = self.use.gradient(dz, self.local)
         if self.h is None:
             return g.sum(-1)
         b, n, t = g.shape
@@ -418,7 +419,7 @@ class _Blocked:
             if hi > lo
         ]
 
-    def contract(self, use, dz: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
+    def contract(self, dz: torch.Tensor) -> torch.Tensor:
         G = self.outer.out_rows(dz).index_select(1, self.rows)  # (b, |R|, t)
         parts = [
             torch.bmm(G[:, r0:r1], self.H).flatten(1).index_select(1, flat)

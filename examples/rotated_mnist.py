@@ -458,22 +458,31 @@ def run_seed(
         model.load_state_dict(st.load("model"))
         model.eval()
     paper_s = paper_s or paper_only
+    S_paper = 2 * S if quick else PAPER_S
+    paper = f"subnet Wasserstein S={S_paper}"
+
+    def run(stage: str) -> bool:
+        """Whether this run does ``stage`` now (unfinished, and in its mode)."""
+        if paper_only:
+            return stage in ("GGN diagonal", paper) and st.todo(stage)
+        return stage != "GGN diagonal" and st.todo(stage)
+
     if paper_only:
         info["paper_only"] = True
         rows[:] = [r for r in rows if r["method"] != "MAP"]  # the full run has them
-        if st.todo("diag Laplace") and st.todo("GGN diagonal"):
-            t0 = time.time()
-            la = Laplace(model, "classification", "all", "diag", backend=AsdlGGN)
-            with exact_asdl_conv_diagonal():
-                la.fit(fit_loader)
-            timed("GGN diagonal", "fit", t0)
-            st.finish("GGN diagonal", diag_H=la.H.detach().clone())
-            del la
-    if st.todo("MC dropout") and not paper_only:
+    if run("GGN diagonal"):  # what paper_only needs of the diag Laplace stage
+        t0 = time.time()
+        la = Laplace(model, "classification", "all", "diag", backend=AsdlGGN)
+        with exact_asdl_conv_diagonal():
+            la.fit(fit_loader)
+        timed("GGN diagonal", "fit", t0)
+        st.finish("GGN diagonal", diag_H=la.H.detach().clone())
+        del la
+    if run("MC dropout"):
         record("MC dropout", "-", mc_dropout(model, 16, seed))
         st.finish("MC dropout")
     ens = f"ensemble of {n_members}"
-    if st.todo(ens) and not paper_only:
+    if run(ens):
         t0 = time.time()
         members = [model] + [
             train(network(1000 * (seed + 1) + k), tr, epochs, 1000 * (seed + 1) + k)
@@ -490,9 +499,8 @@ def run_seed(
         )
         del members
         st.finish(ens)
-    if paper_only:
-        swag_var = None
-    elif st.todo("SWAG (diag)"):
+    swag_var = None
+    if run("SWAG (diag)"):
         t0 = time.time()
         swag_predict, swag_var = swag(
             model, tr, 2 if quick else 10, 4 if quick else 16, seed
@@ -500,12 +508,12 @@ def run_seed(
         timed("SWAG (diag)", "fit", t0)
         record("SWAG (diag)", "-", swag_predict)
         st.finish("SWAG (diag)", swag_var=swag_var)
-    else:
+    elif not paper_only:
         swag_var = st.load("swag_var")
 
     # laplace-torch over all weights: ASDL GGN, linearised Monte Carlo predictive
     for name, structure in (("diag Laplace", "diag"), ("KFAC Laplace", "kron")):
-        if not st.todo(name) or paper_only:
+        if not run(name):
             continue
         t0 = time.time()
         la = Laplace(model, "classification", "all", structure, backend=AsdlGGN)
@@ -533,7 +541,7 @@ def run_seed(
     diag_H = st.load("diag_H")
 
     # laplace-torch last-layer: its own tuning and GLM probit predictive
-    if st.todo("last-layer Laplace") and not paper_only:
+    if run("last-layer Laplace"):
         for prior in ("marglik", "gridsearch"):
             t0 = time.time()
             la = Laplace(model, "classification", "last_layer", "full")
@@ -574,10 +582,6 @@ def run_seed(
         ),
         "subnet random": lambda: selection.get("random")(model, S, seed=seed),
     }
-    S_paper = 2 * S if quick else PAPER_S
-    paper = f"subnet Wasserstein S={S_paper}"
-    if paper_only:
-        subnets.clear()
     if paper_s:  # the paper's subnetwork size (42,438 of ResNet-18's 11.2M)
         subnets[paper] = lambda: selection.get("wasserstein")(
             model, S_paper, likelihood="classification"
@@ -585,7 +589,7 @@ def run_seed(
     for name, make_mask in subnets.items():
         if name == paper and on_standard is not None and not paper_only:
             on_standard({"info": info, "rows": rows})
-        if not st.todo(name):
+        if not run(name):
             continue
         t0 = time.time()
         mask = make_mask()

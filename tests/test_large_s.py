@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from laplace_subnet_ext import DenseSubnetLaplace
+from laplace_subnet_ext.numerics import curvature
 from laplace_subnet_ext.numerics.slq import lanczos_quadrature
 from laplace_subnet_ext.posterior import factorisation
 from tests.cases import assert_close, loader, mlp
@@ -361,3 +362,54 @@ def test_peak_memory_follows_the_two_matrix_plan(path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak"]
     assert peak <= 2.75, f"peak {peak:.2f} S x S matrices"
+
+
+def _fit_H(la, dl, gram_block, monkeypatch, seed=0, **fit_kw):
+    monkeypatch.setattr(curvature, "GRAM_BLOCK", gram_block)
+    torch.manual_seed(seed)  # the MC-Fisher's samples
+    la.fit(dl, **fit_kw)
+    return la.H.clone()
+
+
+@pytest.mark.parametrize(
+    "likelihood, curv",
+    [
+        ("classification", "ggn"),
+        ("classification", "mc_fisher"),
+        ("classification", "ef"),
+        ("regression", "ggn"),
+    ],
+)
+def test_symmetric_block_update_equals_the_full_update(likelihood, curv, monkeypatch):
+    """Large S: each batch adds R^T R to the blocks on and above the diagonal only
+    (square-root rows R of the output Hessian) and fit mirrors them once at the
+    end. Forced with 7-column blocks (S = 300: a ragged last block) it gives the
+    full ``addmm_``'s H at 1e-12 (float64), symmetric, also when fit adds to an
+    existing H (override=False) and for the MC-Fisher's sampled output Hessian."""
+    torch.manual_seed(0)
+    la, dl = _few_inputs_problem(likelihood, curv == "ef", n=40)
+    if curv == "mc_fisher":
+        la._backend_kwargs = {"stochastic": True, "num_samples": 3}
+        la._output_curvature = None
+    H_full = _fit_H(la, dl, 10**9, monkeypatch)
+    H_gram = _fit_H(la, dl, 7, monkeypatch)
+    assert_close(H_gram, H_full, 1e-12, "H, block-upper Gram update")
+    scale = float(H_full.abs().amax())
+    assert float((H_gram - H_gram.T).abs().amax()) <= 1e-14 * scale
+    assert float(H_full.abs().amax()) > 0 and float(H_full.diagonal().amin()) >= 0
+    H_twice = _fit_H(la, dl, 7, monkeypatch, override=False)
+    assert_close(H_twice, 2 * H_full, 1e-12, "H after fit(override=False)")
+
+
+def test_an_interrupted_symmetric_update_leaves_h_symmetric(monkeypatch):
+    """A batch that fails mid-fit: H keeps the batches before it, mirrored."""
+    torch.manual_seed(0)
+    la, dl = _few_inputs_problem("classification", False, n=10)
+    X, y = dl.dataset.tensors
+    H_first = _fit_H(la, DataLoader(TensorDataset(X[:5], y[:5])), 10**9, monkeypatch)
+    X = X.clone()
+    X[7, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"batch 1 \(0-based\)"):
+        _fit_H(la, DataLoader(TensorDataset(X, y), batch_size=5), 7, monkeypatch)
+    assert_close(la.H, H_first, 1e-12, "H of the batch before the failing one")
+    assert torch.equal(la.H, la.H.T) or float((la.H - la.H.T).abs().amax()) <= 1e-14

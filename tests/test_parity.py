@@ -17,11 +17,22 @@ from laplace.curvature import (
 )
 
 from laplace_subnet_ext import DenseSubnetLaplace
+from laplace_subnet_ext.numerics import curvature
 from tests.cases import assert_close, loader, mlp
 
 BACKENDS = [None, BackPackGGN, BackPackEF, AsdlGGN, AsdlEF, CurvlinopsGGN, CurvlinopsEF]
 LIKELIHOODS = ["classification", "regression"]
 bid = lambda b: "torch.func" if b is None else b.__name__  # noqa: E731
+
+
+@pytest.fixture(params=["full", "gram"])
+def update(request, monkeypatch):
+    """Each batch's H update as one full ``addmm_`` (the default below 1,024
+    weights) or as the symmetric block-upper Gram update of large S, forced
+    here with 5-column blocks (so S = 17 has a ragged last block)."""
+    if request.param == "gram":
+        monkeypatch.setattr(curvature, "GRAM_BLOCK", 5)
+    return request.param
 
 
 def compare(ours, ref, X, what):
@@ -43,7 +54,7 @@ def compare(ours, ref, X, what):
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=bid)
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
-def test_all_weights_equal_full_laplace(likelihood, backend):
+def test_all_weights_equal_full_laplace(likelihood, backend, update):
     model = mlp()
     dl = loader(likelihood)
     D = sum(p.numel() for p in model.parameters())
@@ -141,7 +152,7 @@ def test_tensor_subset_equals_full_laplace_with_frozen_rest(likelihood, backend)
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=bid)
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
-def test_random_indices_equal_upstream_subnet_laplace(likelihood, backend):
+def test_random_indices_equal_upstream_subnet_laplace(likelihood, backend, update):
     """Random entries (any order): same H, marglik, covariance, GLM as laplace's own
     FullSubnetLaplace, which computes the full Jacobian and slices it."""
     model = mlp()

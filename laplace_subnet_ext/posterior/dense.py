@@ -27,8 +27,10 @@ from torch.utils.data import DataLoader
 from laplace_subnet_ext._compat import init_parametric
 from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
 from laplace_subnet_ext.jacobians.batching import to_device
+from laplace_subnet_ext.numerics import curvature as _curvature
 from laplace_subnet_ext.numerics.curvature import (
     add_batch_curvature,
+    mirror_upper,
     output_curvature,
     rows_per_sample,
 )
@@ -403,6 +405,9 @@ class DenseSubnetLaplace(
         pbar = tqdm.tqdm(train_loader, disable=not progress_bar)
         pbar.set_description("[Computing subnetwork Hessian]")
         loss = torch.zeros((), device=self._device, dtype=self._dtype)
+        # large S: each batch updates H's upper block triangle only (half the
+        # flops); the lower one is restored once, below, however the loop ends
+        self._gram_upper = self.n_params_subnet > _curvature.GRAM_BLOCK
         try:
             for i, data in enumerate(pbar):
                 if isinstance(data, MutableMapping):
@@ -423,6 +428,10 @@ class DenseSubnetLaplace(
         except BaseException:
             self._rows, self._collect_rows = None, False  # free the rows at once
             raise
+        finally:
+            if self._gram_upper:
+                mirror_upper(self.H)
+            self._gram_upper = False
         n_data = torch.tensor(N, device=self._device)
         if distributed:
             for t in (self.H, loss, n_data):
@@ -480,7 +489,15 @@ class DenseSubnetLaplace(
         if getattr(self, "_collect_rows", False):
             k = rows_per_sample(self.output_curvature, f.shape[-1])
             rows = self._row_buffer(Js.shape[0], k)
-        return add_batch_curvature(self.output_curvature, Js, f, y, self.H, rows)
+        return add_batch_curvature(
+            self.output_curvature,
+            Js,
+            f,
+            y,
+            self.H,
+            rows,
+            upper=getattr(self, "_gram_upper", False),
+        )
 
     # ------------------------------------------------------------------- posterior
     def _check_H_init(self) -> None:

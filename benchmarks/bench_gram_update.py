@@ -5,8 +5,8 @@
 above the block diagonal only, and mirrors them once when the fit ends: about
 half the flops of the full ``addmm_`` :math:`J^\\top (\\Lambda J)`. This times
 both on the same problem in one process, alternating, fastest of ``--repeats``:
-the MLP 256-1024-780-10 of ``bench_large_s.py`` (D = 1,070,478), N generated
-inputs x 10 classes of rows, a random subnetwork, float32 curvature.
+the trained MLP 256-1024-780-10 of ``bench_large_s.py`` (D = 1,070,478), N
+generated inputs x 10 classes of rows, a random subnetwork, float32 curvature.
 
     python benchmarks/bench_gram_update.py --sizes 8000 16000 --n 1024
 """
@@ -19,7 +19,7 @@ import os
 import time
 
 import torch
-from torch import nn
+from bench_large_s import mlp_problem
 from torch.utils.data import DataLoader, TensorDataset
 
 from laplace_subnet_ext import DenseSubnetLaplace
@@ -29,14 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def problem(n: int):
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Linear(256, 1024), nn.Tanh(), nn.Linear(1024, 780), nn.Tanh(),
-        nn.Linear(780, 10),
-    )  # fmt: skip
-    X = torch.randn(n, 256)
-    with torch.no_grad():
-        y = nn.Linear(256, 10)(X).argmax(-1)
+    model, X, y = mlp_problem(n)
     return model, DataLoader(TensorDataset(X, y), batch_size=32)
 
 

@@ -36,10 +36,11 @@ def _status(field: str) -> int:
     raise RuntimeError(field)
 
 
-def child(impl: str, S: int, n: int) -> dict:
+def mlp_problem(n: int):
+    """The MLP 256-1024-780-10 trained for 200 full-batch Adam steps on n
+    generated inputs (labels from a random linear teacher): model, X, y."""
     import torch
     from torch import nn
-    from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -55,6 +56,15 @@ def child(impl: str, S: int, n: int) -> dict:
         opt.zero_grad()
         nn.functional.cross_entropy(model(X), y).backward()
         opt.step()
+    return model, X, y
+
+
+def child(impl: str, S: int, n: int) -> dict:
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model, X, y = mlp_problem(n)
     D = sum(p.numel() for p in model.parameters())
     idx = torch.randperm(D, generator=torch.Generator().manual_seed(1))[:S].sort()[0]
     dl = DataLoader(TensorDataset(X, y), batch_size=32)

@@ -377,6 +377,7 @@ def _fit_H(la, dl, gram_block, monkeypatch, seed=0, **fit_kw):
         ("classification", "ggn"),
         ("classification", "mc_fisher"),
         ("classification", "ef"),
+        ("classification", "many_outputs"),
         ("regression", "ggn"),
     ],
 )
@@ -385,9 +386,13 @@ def test_symmetric_block_update_equals_the_full_update(likelihood, curv, monkeyp
     (square-root rows R of the output Hessian) and fit mirrors them once at the
     end. Forced with 7-column blocks (S = 300: a ragged last block) it gives the
     full ``addmm_``'s H at 1e-12 (float64), symmetric, also when fit adds to an
-    existing H (override=False) and for the MC-Fisher's sampled output Hessian."""
+    existing H (override=False) and for the MC-Fisher's sampled output Hessian.
+    ``many_outputs``: more outputs than ``eigh`` square-roots, so each batch is a
+    full ``addmm_`` whose lower blocks the final mirror overwrites."""
     torch.manual_seed(0)
     la, dl = _few_inputs_problem(likelihood, curv == "ef", n=40)
+    if curv == "many_outputs":
+        monkeypatch.setattr(curvature, "MAX_SQRT_OUTPUTS", 1)
     if curv == "mc_fisher":
         la._backend_kwargs = {"stochastic": True, "num_samples": 3}
         la._output_curvature = None

@@ -79,8 +79,11 @@ def _square_root_rows(Lam: torch.Tensor | None, Js: torch.Tensor) -> torch.Tenso
     S = Js.shape[-1]
     if Lam is None:
         return Js.reshape(-1, S)
-    e, U = torch.linalg.eigh(Lam)
-    A = U * e.clamp_min(0).sqrt().unsqueeze(-2)
+    # float64 (``Lam`` is float64 here): the clipped round-off of Lam's null
+    # direction (softmax: the all-ones logit shift) always adds, and large
+    # common-mode Jacobian rows sum it over the batch
+    e, U = torch.linalg.eigh(Lam.to(torch.float64))
+    A = (U * e.clamp_min(0).sqrt().unsqueeze(-2)).to(Js.dtype)
     return torch.einsum("bkc,bks->bcs", A, Js).reshape(-1, S)
 
 
@@ -143,12 +146,14 @@ def add_batch_curvature(
         B, alpha = A, float(curv.factor)
         R = A * math.sqrt(alpha) if rows is not None else None  # factor >= 0
     else:
+        # the output Hessian from float64 outputs: its null direction (softmax:
+        # the all-ones logit shift) exact to 1e-16, not to the outputs' dtype
+        f64 = f.detach().to(torch.float64)
         Lam = (
-            mc_functional_fisher(curv, f)
+            mc_functional_fisher(curv, f64)
             if curv.stochastic
-            else functional_hessian(curv, f)
+            else functional_hessian(curv, f64)
         )
-        Lam = None if Lam is None else Lam.to(dtype)
         if Lam is not None and not bool(torch.isfinite(Lam).all()):
             raise FloatingPointError("curvature")
         alpha, R = 1.0, None
@@ -158,7 +163,7 @@ def add_batch_curvature(
             A = B = _square_root_rows(Lam, Js)  # Gram form: H += R^T R
         else:
             A = Js.reshape(-1, S)
-            B = torch.einsum("bck,bks->bcs", Lam, Js).reshape(-1, S)
+            B = torch.einsum("bck,bks->bcs", Lam.to(dtype), Js).reshape(-1, S)
         if rows is not None:
             R = A if A is B else _square_root_rows(Lam, Js)
     if not (bool(torch.isfinite(B).all()) and bool(torch.isfinite(A).all())):

@@ -79,9 +79,9 @@ def _square_root_rows(Lam: torch.Tensor | None, Js: torch.Tensor) -> torch.Tenso
     S = Js.shape[-1]
     if Lam is None:
         return Js.reshape(-1, S)
-    # float64 (``Lam`` is float64 here): the clipped round-off of Lam's null
-    # direction (softmax: the all-ones logit shift) always adds, and large
-    # common-mode Jacobian rows sum it over the batch
+    # in float64: the clipped round-off of Lam's null direction (softmax: the
+    # all-ones logit shift) always adds, and common-mode Jacobian rows sum it
+    # over the batch (float32: H 2.3e-5 off, bench_gram_update's problem)
     e, U = torch.linalg.eigh(Lam.to(torch.float64))
     A = (U * e.clamp_min(0).sqrt().unsqueeze(-2)).to(Js.dtype)
     return torch.einsum("bkc,bks->bcs", A, Js).reshape(-1, S)

@@ -106,7 +106,8 @@ def add_batch_curvature(
 ) -> torch.Tensor:
     r"""Add a batch's curvature into ``H`` in place; return its loss.
 
-    One ``addmm_`` of the ``(b c, s)`` factors: no S x S temporary. Nothing is
+    ``addmm_`` of the ``(b c, s)`` factors into ``H`` (one, or one per block row
+    with ``upper``): no S x S temporary. Nothing is
     added (and ``FloatingPointError`` is raised) if the loss, a factor or the sum
     is not finite, so ``H`` stays as it was; only when a bound on the entries
     cannot exclude overflow is the sum formed in a temporary first.

@@ -386,14 +386,68 @@ def tune_by_factorisation(la, va, lam_ml: float) -> tuple[float, dict]:
     return float(GRID[i]), {float(GRID[j]): v for j, v in sorted(seen.items())}
 
 
-def predict_by_factorisation(la, x: torch.Tensor, lam: float, bs: int = 250):
-    """GLM probit predictive at one prior precision from the posterior's factor."""
+def predict_by_factorisation(
+    la, xs: list[torch.Tensor], lam: float, bs: int = 250
+) -> list[torch.Tensor]:
+    """GLM probit predictive at one prior precision for each input set of ``xs``
+    from the posterior's factor. The prior is set once, so one factorisation
+    serves every set (setting it frees the factor)."""
     la.prior_precision = lam
     out = []
-    for i in range(0, len(x), bs):
-        Js, f = la.jacobians(x[i : i + bs])
-        out.append(probit(f, la.functional_variance(Js)))
-    return torch.cat(out)
+    for x in xs:
+        parts = []
+        for i in range(0, len(x), bs):
+            Js, f = la.jacobians(x[i : i + bs])
+            parts.append(probit(f, la.functional_variance(Js)))
+        out.append(torch.cat(parts))
+    return out
+
+
+PAPER_CHECKPOINTS = ("paper_posterior.pt", "paper_predict.pt")
+
+
+def paper_stage(st: Stages, name: str, fit_and_tune, sets: list, model) -> tuple:
+    """The S = 42,438 stage's posterior, priors and predictive, checkpointed: after
+    the fit and tuning (the posterior's state dict and both priors,
+    ``paper_posterior.pt``) and after each prior's predictive
+    (``paper_predict.pt``), so a killed run resumes at its predictive; the
+    caller deletes them once the stage is finished.
+    ``fit_and_tune()`` returns the fitted posterior, ``{prior: lambda}`` and info
+    to keep; ``sets`` is ``[(key, inputs)]``. Returns ``(lams, {key: {prior:
+    probs}}, kept info)``."""
+    ck, pk = (
+        (None, None) if st.path is None else [st.path / f for f in PAPER_CHECKPOINTS]
+    )
+    if ck is not None and ck.exists():
+        saved = torch.load(ck, weights_only=True, mmap=True)
+        state, lams, kept = saved["state"], saved["lams"], saved["kept"]
+        la = Laplace(
+            model, "classification", "subnetwork", "full",
+            subnetwork_indices=state["subnetwork_indices"],
+        )  # fmt: skip
+        la.load_state_dict(state)
+        del saved, state
+        print(f"{name}: resuming at the predictive (lambda {lams})", flush=True)
+    else:
+        la, lams, kept = fit_and_tune()
+        if ck is not None:
+            st.path.mkdir(parents=True, exist_ok=True)
+            torch.save({"state": la.state_dict(), "lams": lams, "kept": kept}, ck)
+    done = torch.load(pk, weights_only=True) if pk is not None and pk.exists() else {}
+    for prior, lam in lams.items():
+        if prior not in done:
+            t0 = time.time()
+            probs = predict_by_factorisation(la, [x for _, x in sets], lam)
+            done[prior] = {str(a): p for (a, _), p in zip(sets, probs)}
+            done[prior]["seconds"] = torch.tensor(time.time() - t0)
+            print(f"{name}: predict_{prior} {time.time() - t0:.0f}s", flush=True)
+            if pk is not None:
+                torch.save(done, pk)
+    del la
+    for prior in lams:
+        kept["times"][f"predict_{prior}"] = float(done[prior]["seconds"])
+    out = {a: {prior: done[prior][str(a)] for prior in lams} for a, _ in sets}
+    return lams, out, kept
 
 
 def run_seed(
@@ -586,15 +640,13 @@ def run_seed(
         subnets[paper] = lambda: selection.get("wasserstein")(
             model, S_paper, likelihood="classification"
         )
-    for name, make_mask in subnets.items():
-        if name == paper and on_standard is not None and not paper_only:
-            on_standard({"info": info, "rows": rows})
-        if not run(name):
-            continue
+
+    def fit_subnet(name: str, make_mask):
+        """Select (the GGN diagonal laplace's DiagLaplace computed above, ASDL on
+        this loader, serves the zero-curvature filter and the default variance)
+        and fit the dense subnetwork posterior."""
         t0 = time.time()
         mask = make_mask()
-        # the GGN diagonal laplace's DiagLaplace computed above (ASDL, on this
-        # loader) serves the zero-curvature filter and the default variance
         mask.set_curvature_diagonal(fit_loader, diag_H)
         idx = mask.select(fit_loader)
         la = Laplace(
@@ -602,21 +654,36 @@ def run_seed(
         )
         la.fit(fit_loader)
         timed(name, "fit", t0)
+        return la, mask.n_zero_curvature
+
+    def fit_and_tune_paper(name: str, make_mask):
+        """S^3 eigendecomposition too slow: marglik, then one factorisation per
+        validation-grid value visited."""
+        la, n_zero = fit_subnet(name, make_mask)
         t0 = time.time()
+        la.optimize_prior_precision(method="marglik")
+        lam_ml = float(la.prior_precision)
+        lam_grid, visited = tune_by_factorisation(la, va, lam_ml)
+        timed(name, "tune", t0)
+        kept = {"times": dict(info["times"][name]), "grid_visited": visited,
+                "n_zero_curvature": n_zero}  # fmt: skip
+        return la, {"marglik": lam_ml, "gridsearch": lam_grid}, kept
+
+    for name, make_mask in subnets.items():
+        if name == paper and on_standard is not None and not paper_only:
+            on_standard({"info": info, "rows": rows})
+        if not run(name):
+            continue
         sets = [(a, x) for a, x in [*test_sets.items(), ("ood", ood)] if x is not None]
-        out: dict = {a: {} for a, _ in sets}
-        if name == paper:  # S^3 eigendecomposition too slow: factorisations
-            la.optimize_prior_precision(method="marglik")
-            lam_ml = float(la.prior_precision)
-            lam_grid, visited = tune_by_factorisation(la, va, lam_ml)
-            lams = {"marglik": lam_ml, "gridsearch": lam_grid}
-            info.setdefault("grid_visited", {})[name] = visited
-            timed(name, "tune", t0)
-            t0 = time.time()
-            for prior, lam in lams.items():
-                for a, x in sets:
-                    out[a][prior] = predict_by_factorisation(la, x, lam)
+        if name == paper:
+            fit_and_tune = lambda n=name, m=make_mask: fit_and_tune_paper(n, m)  # noqa: E731
+            lams, out, kept = paper_stage(st, name, fit_and_tune, sets, model)
+            info["times"][name] = kept["times"]
+            info.setdefault("grid_visited", {})[name] = kept["grid_visited"]
+            n_zero = kept["n_zero_curvature"]
         else:  # one eigendecomposition serves the grid and both priors
+            la, n_zero = fit_subnet(name, make_mask)
+            t0 = time.time()
             sweep = prior_sweep(la, va, prior_precisions=GRID)
             lams = {
                 "marglik": sweep.marks["marglik"],
@@ -624,11 +691,14 @@ def run_seed(
             }
             timed(name, "tune", t0)
             t0 = time.time()
+            out = {}
             for a, x in sets:
                 f, f_var = glm_along_priors(la, x, list(lams.values()))
                 out[a] = {p: probit(f, f_var[i]) for i, p in enumerate(lams)}
+            timed(name, "predict_both_priors", t0)
+            del la
         info["prior_precision"][name] = lams
-        info.setdefault("n_zero_curvature", {})[name] = mask.n_zero_curvature
+        info.setdefault("n_zero_curvature", {})[name] = n_zero
         for prior in lams:
             for a in test_sets:
                 rows.append(
@@ -648,9 +718,10 @@ def run_seed(
                         "ood_auroc": auroc(out[0][prior], out["ood"][prior]),
                     }
                 )
-        timed(name, "predict_both_priors", t0)
-        del la
         st.finish(name)
+        if name == paper and st.path is not None:  # its rows are saved now
+            for f in PAPER_CHECKPOINTS:
+                (st.path / f).unlink(missing_ok=True)
     return {"info": info, "rows": rows}
 
 

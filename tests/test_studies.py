@@ -13,7 +13,7 @@ from laplace import Laplace
 from laplace.curvature import AsdlGGN
 from torch.utils.data import DataLoader, TensorDataset
 
-from laplace_subnet_ext import selection
+from laplace_subnet_ext import DenseSubnetLaplace, selection
 from laplace_subnet_ext.selection.variance import blocked_diag_curvature
 from tests.cases import assert_close
 
@@ -196,6 +196,45 @@ def test_rotated_mnist_paper_s_only_gives_the_full_runs_rows(
     assert only["info"]["paper_only"] is True
 
 
+def test_rotated_mnist_paper_stage_resumes_at_its_predictive(
+    tmp_path, monkeypatch, rotated_quick_run
+):
+    """The large-S stage killed in its second prior's predictive resumes from its
+    checkpoint (the posterior's state, both priors, the first prior's
+    predictive): no refit, no retuning, the rows of an uninterrupted run, and the
+    checkpoints are deleted once the stage is finished."""
+    torch.set_default_dtype(torch.float32)
+    paper = "subnet Wasserstein S=400"
+    predict, calls = rotated_mnist.predict_by_factorisation, []
+
+    def killed_in_second_prior(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(
+        rotated_mnist, "predict_by_factorisation", killed_in_second_prior
+    )
+    with pytest.raises(KeyboardInterrupt):
+        rotated_mnist.run_seed(0, True, tmp_path, paper_only=True)
+    checkpoints = [tmp_path / f for f in rotated_mnist.PAPER_CHECKPOINTS]
+    assert all(f.exists() for f in checkpoints)
+    monkeypatch.setattr(rotated_mnist, "predict_by_factorisation", predict)
+    refit = lambda *a, **k: pytest.fail("the stage was fitted or tuned again")  # noqa: E731
+    monkeypatch.setattr(rotated_mnist, "tune_by_factorisation", refit)
+    monkeypatch.setattr(DenseSubnetLaplace, "fit", refit)
+    resumed = rotated_mnist.run_seed(0, True, tmp_path, paper_only=True)
+    full = rotated_quick_run
+    assert resumed["rows"] == [r for r in full["rows"] if r["method"] == paper]
+    assert resumed["info"]["grid_visited"] == full["info"]["grid_visited"]
+    assert (
+        resumed["info"]["prior_precision"][paper]
+        == (full["info"]["prior_precision"][paper])
+    )
+    assert not any(f.exists() for f in checkpoints)
+
+
 def test_grid_walk_finds_the_grid_minimum_of_a_unimodal_curve():
     values = [5.0, 3.0, 2.0, 1.5, 1.2, 1.4, 2.0, 3.5]
     for start in range(len(values)):
@@ -243,7 +282,7 @@ def test_large_s_tuning_by_factorisation_equals_the_eigendecomposition_path():
     assert len(visited) < len(grid)  # and it did not visit the whole grid
     f, f_var = glm_along_priors(la, Xv, [0.3, 30.0])
     for k, lam in enumerate([0.3, 30.0]):
-        p = rotated_mnist.predict_by_factorisation(la, Xv, lam, bs=7)
+        (p,) = rotated_mnist.predict_by_factorisation(la, [Xv], lam, bs=7)
         torch.testing.assert_close(
             p, rotated_mnist.probit(f, f_var[k]), rtol=1e-10, atol=1e-12
         )

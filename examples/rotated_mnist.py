@@ -855,7 +855,7 @@ def main() -> None:
     summary = summarise(runs, "angle")
     (out.with_suffix(".json")).write_text(
         json.dumps(
-            {"seeds": [r["info"]["seed"] for r in runs], "summary": summary,
+            {"seeds": sorted({r["info"]["seed"] for r in runs}), "summary": summary,
              "info": [r["info"] for r in runs]},
             indent=1,
         )

@@ -793,6 +793,8 @@ def plot(summary: list[dict], path: Path, prior: str = "gridsearch") -> None:
 
     rows = [r for r in summary if r["angle"] != "ood" and r["prior"] in ("-", prior)]
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    seeds = {r["method"]: r["n_seeds"] for r in rows}
+    most = max(seeds.values())
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     for ax, k in zip(axes, METRICS):
         for m in methods:
@@ -800,9 +802,12 @@ def plot(summary: list[dict], path: Path, prior: str = "gridsearch") -> None:
                 (r["angle"], r[k], r[k + "_se"]) for r in rows if r["method"] == m
             )
             a, v, se = (list(t) for t in zip(*pts))
+            few = seeds[m] < most  # fewer seeds: not comparable with the means
             ax.errorbar(
-                a, v, yerr=se, marker="o", ms=3, capsize=2, label=m,
+                a, v, yerr=se, marker="o", ms=3, capsize=2,
+                label=f"{m} ({seeds[m]} seed{'s' * (seeds[m] > 1)})" if few else m,
                 lw=2.5 if m.startswith("subnet Wasserstein") else 1,
+                ls="--" if few else "-",
             )  # fmt: skip
         ax.set_xlabel("rotation (degrees)")
         ax.set_title(k)

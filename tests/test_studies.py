@@ -228,10 +228,8 @@ def test_rotated_mnist_paper_stage_resumes_at_its_predictive(
     full = rotated_quick_run
     assert resumed["rows"] == [r for r in full["rows"] if r["method"] == paper]
     assert resumed["info"]["grid_visited"] == full["info"]["grid_visited"]
-    assert (
-        resumed["info"]["prior_precision"][paper]
-        == (full["info"]["prior_precision"][paper])
-    )
+    lams = resumed["info"]["prior_precision"][paper]
+    assert lams == full["info"]["prior_precision"][paper]
     assert not any(f.exists() for f in checkpoints)
 
 
@@ -250,7 +248,9 @@ def test_grid_walk_finds_the_grid_minimum_of_a_unimodal_curve():
     assert rotated_mnist.grid_walk(lambda j: bimodal[j], 6, 3)[0] == 4
 
 
-def test_large_s_tuning_by_factorisation_equals_the_eigendecomposition_path():
+def test_large_s_tuning_by_factorisation_equals_the_eigendecomposition_path(
+    monkeypatch,
+):
     """The S = 42,438 stage's per-value factorisations give the validation NLLs
     and predictive of the eigendecomposition path (prior_sweep, glm_along_priors)."""
     from laplace_subnet_ext import DenseSubnetLaplace
@@ -286,3 +286,23 @@ def test_large_s_tuning_by_factorisation_equals_the_eigendecomposition_path():
         torch.testing.assert_close(
             p, rotated_mnist.probit(f, f_var[k]), rtol=1e-10, atol=1e-12
         )
+    # without a cached eigendecomposition: one Cholesky per prior serves every set
+    fresh = DenseSubnetLaplace(
+        model, "classification", la.subnetwork_indices, prior_precision=1.0
+    )
+    fresh.fit(loader)
+    cholesky, calls = torch.linalg.cholesky_ex, []
+    monkeypatch.setattr(
+        torch.linalg,
+        "cholesky_ex",
+        lambda *a, **k: calls.append(1) or cholesky(*a, **k),
+    )
+    p_val, p_train = rotated_mnist.predict_by_factorisation(fresh, [Xv, X], 30.0, bs=7)
+    assert len(calls) == 1
+    torch.testing.assert_close(
+        p_val, rotated_mnist.probit(f, f_var[1]), rtol=1e-10, atol=1e-12
+    )
+    f_tr, f_var_tr = glm_along_priors(la, X, [30.0])
+    torch.testing.assert_close(
+        p_train, rotated_mnist.probit(f_tr, f_var_tr[0]), rtol=1e-10, atol=1e-12
+    )

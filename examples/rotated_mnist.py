@@ -134,7 +134,7 @@ class ResNet18(nn.Module):
 
 @contextlib.contextmanager
 def exact_asdl_conv_diagonal():
-    """ASDL (laplace's ``AsdlGGN``/``AsdlEF`` diagonal) with the exact per-sample
+    r"""ASDL (laplace's ``AsdlGGN``/``AsdlEF`` diagonal) with the exact per-sample
     Conv2d branch.
 
     ``asdl.operations.conv.Conv2d.cov_diag_weight`` switches, to save memory, to

@@ -14,10 +14,23 @@ Jacobians (:mod:`~laplace_subnet_ext.jacobians`), posterior
 
 from __future__ import annotations
 
-from laplace_subnet_ext import selection
-from laplace_subnet_ext._compat import register_override, unregister_override
-from laplace_subnet_ext.jacobians import register_rule
-from laplace_subnet_ext.posterior import DenseSubnetLaplace, NotFittedError
+import warnings
+
+with warnings.catch_warnings():
+    # laplace imports ASDL, whose module-level torch.jit.script calls warn on
+    # torch >= 2.10 at every import; nothing a user can act on
+    warnings.filterwarnings(
+        "ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning
+    )
+    import laplace  # noqa: F401
+
+from laplace_subnet_ext import selection  # noqa: E402
+from laplace_subnet_ext._compat import (  # noqa: E402
+    register_override,
+    unregister_override,
+)
+from laplace_subnet_ext.jacobians import register_rule  # noqa: E402
+from laplace_subnet_ext.posterior import DenseSubnetLaplace, NotFittedError  # noqa: E402
 
 __all__ = [
     "DenseSubnetLaplace",

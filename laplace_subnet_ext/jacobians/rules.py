@@ -130,7 +130,7 @@ def _leading(n: int) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _bias_use(bias, z, inputs, n, gradient, sample_rows) -> Use:
-    """A use whose input factor is ones (a bias): :math:`\sum_t g_{st}`."""
+    r"""A use whose input factor is ones (a bias): :math:`\sum_t g_{st}`."""
     return Use(bias, z, inputs, n, lambda local: None, gradient, sample_rows)
 
 

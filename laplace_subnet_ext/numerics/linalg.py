@@ -92,7 +92,7 @@ def _row_blocks(A: torch.Tensor, bytes_per_block: int = 2**26):
 
 
 def _frobenius_sq(A: torch.Tensor) -> float:
-    """:math:`\|A\|_F^2` accumulated in float64 block by block (no full copy)."""
+    r""":math:`\|A\|_F^2` accumulated in float64 block by block (no full copy)."""
     return sum(
         float(torch.linalg.vector_norm(B, dtype=torch.float64)) ** 2
         for B in _row_blocks(A)

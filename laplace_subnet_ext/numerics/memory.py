@@ -132,8 +132,12 @@ def check_dense_fits(
     matrices: int = CURVATURE_MATRICES,
     purpose: str = "the curvature",
     held: int | None = None,
+    given: str | None = None,
 ) -> None:
     """Raise ``ValueError`` naming the largest S that fits, before allocating.
+
+    ``given`` names what the user passed (default ``"n_params_subnet=S"``), so
+    the message speaks of their argument (e.g. ``"subnetwork_indices (S=...)"``).
 
     With ``budget`` (the user's ``memory_budget``), all ``matrices`` are compared
     with it; otherwise the ones not yet allocated (``matrices - held``; ``held``
@@ -150,8 +154,9 @@ def check_dense_fits(
         total = limit
         if budget is None:  # what is free now plus what is already held
             total += dense_posterior_bytes(n_subnet, itemsize, held)
+        given = given or f"n_params_subnet={n_subnet}"
         raise ValueError(
-            f"n_params_subnet={n_subnet} needs about {need / 1e9:.2f} GB for "
+            f"{given} needs about {need / 1e9:.2f} GB for "
             f"{purpose} ({matrices} matrices of {n_subnet}x{n_subnet}, {itemsize} "
             f"bytes each), but {limit / 1e9:.2f} GB "
             f"{'is the memory_budget' if budget is not None else 'is free'} on "
@@ -188,16 +193,22 @@ def explain_curvature_dtype(model_dtype: torch.dtype, n_subnet: int) -> str:
 
 
 def check_subnet_plan(
-    n_subnet: int, itemsize: int, device: torch.device | str, budget: int | None
+    n_subnet: int,
+    itemsize: int,
+    device: torch.device | str,
+    budget: int | None,
+    given: str | None = None,
 ) -> None:
     """When a subnetwork is set: raise if the curvature does not fit, warn if the
-    whole plan (curvature + factor) does not, naming the largest S that does."""
-    check_dense_fits(n_subnet, itemsize, device, budget)
+    whole plan (curvature + factor) does not, naming the largest S that does.
+    ``given`` as in :func:`check_dense_fits`."""
+    given = given or f"n_params_subnet={n_subnet}"
+    check_dense_fits(n_subnet, itemsize, device, budget, given=given)
     total = dense_posterior_bytes(n_subnet, itemsize)
     limit = budget or available_bytes(device)
     if total > limit:
         warnings.warn(
-            f"n_params_subnet={n_subnet}: the curvature fits, but factorising the "
+            f"{given}: the curvature fits, but factorising the "
             f"dense posterior needs about {total / 1e9:.2f} GB in all (> "
             f"{limit / 1e9:.2f} GB); fit() works, the posterior will raise. "
             f"S={largest_subnet(limit, itemsize)} fits entirely.",

@@ -13,6 +13,8 @@ maths lives in :mod:`.linalg`, the Jacobians in :mod:`laplace_subnet_ext.jacobia
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -20,6 +22,7 @@ import torch
 import tqdm
 from laplace import FullSubnetLaplace
 from laplace.curvature import EFInterface, GGNInterface
+from laplace.utils.enums import Likelihood
 from torch import nn
 from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader
@@ -52,6 +55,8 @@ from laplace_subnet_ext.selection.resolve import select_indices
 __all__ = ["DenseSubnetLaplace", "NotFittedError", "DEFAULT_MASK"]
 
 _MISSING: Any = object()
+#: the likelihoods laplace accepts (``laplace.utils.enums.Likelihood``)
+LIKELIHOODS = tuple(lik.value for lik in Likelihood)
 logger = logging.getLogger("laplace_subnet_ext")
 #: dispatch key while the plugin is not registered (never built by laplace.Laplace)
 INERT_KEY = ("subnetwork", "full", "laplace_subnet_ext:unregistered")
@@ -59,6 +64,10 @@ INERT_KEY = ("subnetwork", "full", "laplace_subnet_ext:unregistered")
 #: the selection strategy used when only ``n_params_subnet`` is given (README,
 #: "Which weights": best in 24 of 25 cells of the five-model study)
 DEFAULT_MASK = "greedy_laplace"
+
+#: selection or fit taking longer than this (seconds) prints a one-line summary
+#: to stderr unless ``verbose=False``
+SLOW_STAGE_SECONDS = 5.0
 
 
 class NotFittedError(RuntimeError, AttributeError):
@@ -144,6 +153,10 @@ class DenseSubnetLaplace(
         factor, two S x S matrices); default: free memory.
     predictive_block_bytes : int, default=256 MiB
         Upper bound of one Jacobian block in the predictive; inputs are split.
+    verbose : bool, default=True
+        Print a one-line summary (what ran, how long, how to speed it up) to
+        stderr when selection or :meth:`fit` takes more than
+        :data:`SLOW_STAGE_SECONDS`; ``fit(progress_bar=True)`` shows progress bars.
 
     Raises
     ------
@@ -181,7 +194,13 @@ class DenseSubnetLaplace(
         marglik_method: str = "auto",
         memory_budget: int | str | None = None,
         predictive_block_bytes: int = 2**28,
+        verbose: bool = True,
     ) -> None:
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(
+                f"likelihood must be one of {', '.join(map(repr, LIKELIHOODS))}; got "
+                f"{likelihood!r}."
+            )
         if asdl_fisher_kwargs is not None:
             raise ValueError(
                 "asdl_fisher_kwargs must be None for subnetwork Laplace; got "
@@ -242,7 +261,9 @@ class DenseSubnetLaplace(
             None if memory_budget is None else parse_bytes(memory_budget)
         )
         self.predictive_block_bytes = int(predictive_block_bytes)
+        self.verbose = bool(verbose)
         self.n_params_subnet: int | None = None
+        self._fitted = False  # True once fit() completes or a state is loaded
         self.H = None  # keeps ParametricLaplace from allocating a D x D matrix
         init_parametric(
             self,
@@ -264,7 +285,7 @@ class DenseSubnetLaplace(
         if subnetwork_indices is not _MISSING:
             if subnetwork_mask is not None:
                 raise TypeError("give subnetwork_indices or subnetwork_mask, not both.")
-            self._set_subnetwork(subnetwork_indices)
+            self._set_subnetwork(subnetwork_indices, given="subnetwork_indices")
 
     # ------------------------------------------------------------------ subnetwork
     @property
@@ -302,14 +323,24 @@ class DenseSubnetLaplace(
                 "(subnetwork_mask selects inside fit)."
             )
 
-    def _set_subnetwork(self, indices: Any) -> None:
+    def _set_subnetwork(self, indices: Any, given: str = "n_params_subnet") -> None:
+        """Set the subnetwork; ``given`` names the argument it came from (for the
+        memory check's message)."""
         idx = normalize_subnetwork_indices(indices, self.n_params, device=self._device)
         S = idx.numel()
         dtype = self._curvature_dtype_for(S)
         if self.curvature_dtype is None and self._dtype != torch.float64:
             logger.info(explain_curvature_dtype(self._dtype, S))
         itemsize = torch.empty((), dtype=dtype).element_size()
-        check_subnet_plan(S, itemsize, self._device, self.memory_budget)
+        check_subnet_plan(
+            S,
+            itemsize,
+            self._device,
+            self.memory_budget,
+            given=f"n_params_subnet={S}"
+            if given == "n_params_subnet"
+            else f"{given} (S={S})",
+        )
         self._layout = SubnetLayout(self.model, idx)
         if self._backend is not None:
             self._backend.subnetwork_indices = idx
@@ -350,16 +381,44 @@ class DenseSubnetLaplace(
         self.model.output_size = self.n_outputs  # BackPACK reads it
         return self.backend.jacobians(x)
 
-    def _select(self, train_loader: DataLoader | None) -> torch.Tensor:
+    def _select(
+        self, train_loader: DataLoader | None, progress_bar: bool = False
+    ) -> torch.Tensor:
         mask, n_sub, kwargs = self._mask
         if self._default_mask:  # the default strategy sees this posterior's prior
             prior = self._prior_precision_spec
             if prior is not None and prior.numel() == 1:
                 kwargs = {"prior_precision": float(prior), **kwargs}
             kwargs = {"sigma_noise": float(self.sigma_noise), **kwargs}
-        return select_indices(
-            mask, self.model, self.likelihood, train_loader, n_sub, kwargs
+        start = time.perf_counter()
+        idx = select_indices(
+            mask,
+            self.model,
+            self.likelihood,
+            train_loader,
+            n_sub,
+            kwargs,
+            progress_bar=progress_bar,
         )
+        name = mask if isinstance(mask, str) else getattr(mask, "__name__", None)
+        name = name or type(mask).__name__
+        self._summary(
+            time.perf_counter() - start,
+            f"selected S={idx.numel():,} of D={self.n_params:,} weights with {name!r}",
+            "fit(..., progress_bar=True) shows progress; subnetwork_mask="
+            "'wasserstein' or 'gradient_laplace' select in one pass over the data",
+        )
+        return idx
+
+    def _summary(self, seconds: float, what: str, hint: str) -> None:
+        """One line on stderr for a stage slower than :data:`SLOW_STAGE_SECONDS`."""
+        logger.info("%s in %.1f s", what, seconds)
+        if self.verbose and seconds > SLOW_STAGE_SECONDS:
+            print(
+                f"[laplace_subnet_ext] {what} in {seconds:.1f} s ({hint}; "
+                "verbose=False silences this)",
+                file=sys.stderr,
+            )
 
     def _init_H(self) -> None:
         if self.n_params_subnet is None:
@@ -381,11 +440,13 @@ class DenseSubnetLaplace(
         its own shard; curvature, loss and data count are all-reduced.
         """
         if self._layout is None:
-            self._set_subnetwork(self._select(train_loader))
+            self._set_subnetwork(self._select(train_loader, progress_bar))
+        start = time.perf_counter()
         if override:
             self._init_H()
             self.loss = 0.0
             self.n_data = 0
+            self._fitted = False
         self._precision.invalidate()  # (added into in place: keys change anyway)
         self.model.eval()
         self.mean = parameters_to_vector(self.params)
@@ -438,6 +499,13 @@ class DenseSubnetLaplace(
                 torch.distributed.all_reduce(t)
         self.loss = self.loss + loss
         self.n_data += int(n_data)
+        self._fitted = True
+        self._summary(
+            time.perf_counter() - start,
+            f"fit: the {self.n_params_subnet:,} x {self.n_params_subnet:,} curvature "
+            f"over {N:,} inputs",
+            "fit(..., progress_bar=True) shows progress",
+        )
         if self._collect_rows and self._rows is not None and self._rows_used > 0:
             self._precision.set_data_spectrum(self._rows[: self._rows_used])
             logger.info(
@@ -501,5 +569,10 @@ class DenseSubnetLaplace(
 
     # ------------------------------------------------------------------- posterior
     def _check_H_init(self) -> None:
-        if getattr(self, "H", None) is None:
-            raise NotFittedError("Laplace not fitted. Run fit() first.")
+        """Raise :class:`NotFittedError` unless :meth:`fit` has completed (or a
+        state was loaded); a subnetwork given by indices is not a fit."""
+        if getattr(self, "H", None) is None or not self._fitted:
+            raise NotFittedError(
+                f"{type(self).__name__} is not fitted; call la.fit(train_loader) "
+                "before predicting, tuning the prior or reading the posterior."
+            )

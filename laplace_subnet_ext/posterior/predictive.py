@@ -17,7 +17,11 @@ class BlockedPredictiveMixin:
     """GLM predictive whose Jacobian blocks stay below ``predictive_block_bytes``."""
 
     def __call__(self, x, pred_type="glm", *args, progress_bar: bool = False, **kw):
-        """laplace's predictive; ``progress_bar=True`` shows predictive blocks."""
+        """laplace's predictive; ``progress_bar=True`` shows predictive blocks.
+
+        Raises :class:`~laplace_subnet_ext.NotFittedError` before :meth:`fit`
+        (a subnetwork given by indices alone is not a fitted posterior)."""
+        self._check_H_init()
         self._predict_pbar = progress_bar
         try:
             return super().__call__(x, pred_type, *args, **kw)
@@ -28,6 +32,7 @@ class BlockedPredictiveMixin:
         self, X, joint: bool = False, diagonal_output: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_selected()
+        self._check_H_init()
         if self.enable_backprop:  # differentiable route: laplace's backend Jacobians
             return super()._glm_predictive_distribution(X, joint, diagonal_output)
         X = to_device(X, self._device)

@@ -45,7 +45,7 @@ class SubnetStateMixin:
         return state
 
     def laplace_state_dict(self) -> dict[str, Any]:
-        """This posterior in the format of laplace's ``FullSubnetLaplace``.
+        r"""This posterior in the format of laplace's ``FullSubnetLaplace``.
 
         Load it with ``FullSubnetLaplace(model, likelihood,
         subnetwork_indices=la.subnetwork_indices).load_state_dict(...)``. H is
@@ -134,7 +134,7 @@ class SubnetStateMixin:
         self.prior_rescaling = False  # stored precision is already the subnet one
         self._layout = None
         self._prior_structure = state_dict["prior_structure"]
-        self._set_subnetwork(state_dict["subnetwork_indices"])
+        self._set_subnetwork(state_dict["subnetwork_indices"], given="state_dict")
         self.prior_rescaling = state_dict["prior_rescaling"]
         self.prior_precision_full_network = state_dict["prior_precision_full_network"]
         self.mean = state_dict["mean"].to(self._device)
@@ -145,6 +145,7 @@ class SubnetStateMixin:
         self.n_outputs = state_dict["n_outputs"]
         self.temperature = state_dict["temperature"]
         self.enable_backprop = state_dict["enable_backprop"]
+        self._fitted = True
 
     def _warn_if_other_subnetwork(self, indices: torch.Tensor) -> None:
         """Warn when the state's subnetwork replaces a different one of this object."""

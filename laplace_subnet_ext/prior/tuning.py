@@ -83,9 +83,16 @@ class PriorTuningMixin:
             return
         if method == "gridsearch" and self._eig_affordable():
             self.eigendecompose()  # every grid value then costs O(S^2), no Cholesky
-        ParametricLaplace.optimize_prior_precision(
-            self, pred_type, method, n_steps, lr, init, prior_structure, **kwargs
-        )
+        with warnings.catch_warnings():
+            if method == "marglik" or "link_approx" in kwargs:
+                # laplace's reminder that grid search scores with the probit link:
+                # moot for the marginal likelihood or a link the caller chose
+                warnings.filterwarnings(
+                    "ignore", message="By default `link_approx` is `probit`"
+                )
+            ParametricLaplace.optimize_prior_precision(
+                self, pred_type, method, n_steps, lr, init, prior_structure, **kwargs
+            )
         if method == "gridsearch":
             base = kwargs.get("log_prior_prec_base", 10.0)
             lo = base ** kwargs.get("log_prior_prec_min", -4)
@@ -163,12 +170,12 @@ class PriorTuningMixin:
         -------
         prior_precision, sigma_noise : torch.Tensor
         """
-        self._check_H_init()
         if tune_sigma_noise and self.likelihood != "regression":
             raise ValueError(
                 "tune_sigma_noise=True needs likelihood='regression'; got "
                 f"{self.likelihood!r}. Pass tune_sigma_noise=False."
             )
+        self._check_H_init()
         log_prior = self.prior_precision.detach().log().clone().requires_grad_(True)
         log_sigma = (
             self.sigma_noise.detach().log().clone().requires_grad_(tune_sigma_noise)

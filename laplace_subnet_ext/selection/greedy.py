@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 
 import torch
+import tqdm
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -60,6 +61,7 @@ def greedy_schur(
     prior_precision: float,
     sigma_noise: float = 1.0,
     E: torch.Tensor | None = None,
+    progress_bar: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Greedy maximisation of :math:`F(S)` over the columns of ``J``.
 
@@ -75,6 +77,8 @@ def greedy_schur(
     E : torch.Tensor, optional
         ``(m, k, q)`` Jacobians at the evaluation inputs of :math:`F` (e.g.
         centred logits); default ``J``.
+    progress_bar : bool, default=False
+        Show a ``tqdm`` bar over the steps.
 
     Returns
     -------
@@ -95,7 +99,7 @@ def greedy_schur(
     taken = torch.zeros(q, dtype=torch.bool, device=J.device)
     order = torch.empty(n_select, dtype=torch.long)
     gains = torch.empty(n_select, dtype=J.dtype)
-    for k in range(n_select):
+    for k in tqdm.trange(n_select, disable=not progress_bar, desc="[Greedy-Laplace]"):
         gain = rnorm / schur
         gain[taken] = float("-inf")
         j = int(gain.argmax())
@@ -150,6 +154,9 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         curvature still comes from the training data.
     memory_budget : int or str, optional
         For ``n_params_subnet="auto"``.
+    progress_bar : bool, default=False
+        Show ``tqdm`` bars over the scoring batches and the greedy steps
+        (``DenseSubnetLaplace.fit(progress_bar=True)`` sets it).
 
     Attributes
     ----------
@@ -177,6 +184,7 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         memory_budget: int | str | None = None,
         dict_key_x: str = "input_ids",
         dict_key_y: str = "labels",
+        progress_bar: bool = False,
     ) -> None:
         super().__init__(model)
         self._n_params_subnet = resolve_n_params_subnet(
@@ -195,6 +203,7 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         self.center_logits = center_logits
         self.eval_inputs = eval_inputs
         self.dict_key_x, self.dict_key_y = dict_key_x, dict_key_y
+        self.progress_bar = bool(progress_bar)
         self.order: torch.Tensor | None = None
         self.gains: torch.Tensor | None = None
         self.n_zero_curvature = 0
@@ -247,7 +256,13 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         if self.center_logits and self.likelihood != "regression":
             E = E - E.mean(1, keepdim=True)
         order, gains = greedy_schur(
-            J, Lam, S, self.prior_precision, sigma, E=None if E is J else E
+            J,
+            Lam,
+            S,
+            self.prior_precision,
+            sigma,
+            E=None if E is J else E,
+            progress_bar=self.progress_bar,
         )
         self.order = pool[order.to(pool.device)]
         self.gains = gains

@@ -21,13 +21,14 @@ def select_indices(
     train_loader: DataLoader | None,
     n_params_subnet: int | float | str | None = None,
     mask_kwargs: dict[str, Any] | None = None,
+    progress_bar: bool = False,
 ) -> torch.Tensor:
     """Indices chosen by ``mask``.
 
     ``mask`` may be a laplace/our ``SubnetMask`` instance (used as is if already
     selected), a class (built with ``model``, ``n_params_subnet`` and
     ``likelihood`` where its constructor takes them, plus ``mask_kwargs``), or a
-    registered name.
+    registered name. ``progress_bar`` reaches a class whose constructor takes it.
 
     Raises
     ------
@@ -44,6 +45,8 @@ def select_indices(
             kwargs.setdefault("n_params_subnet", n_params_subnet)
         if "likelihood" in params:
             kwargs.setdefault("likelihood", likelihood)
+        if "progress_bar" in params:
+            kwargs.setdefault("progress_bar", progress_bar)
         mask = mask(**kwargs)
     if not hasattr(mask, "select"):
         raise TypeError(

@@ -15,7 +15,6 @@ from laplace_subnet_ext.posterior import dense
 from tests.cases import loader, make, mlp
 
 
-
 def x() -> torch.Tensor:
     return torch.randn(4, 3)  # in the fixture's float64
 
@@ -62,7 +61,9 @@ def test_after_fit_the_same_calls_work_and_fit_override_resets():
 
 
 def test_a_wrong_likelihood_lists_the_valid_values():
-    with pytest.raises(ValueError, match="'regression', 'classification', 'reward_modeling'") as err:
+    with pytest.raises(
+        ValueError, match="'regression', 'classification', 'reward_modeling'"
+    ) as err:
         DenseSubnetLaplace(mlp(), "clasification", torch.arange(3))
     assert "'clasification'" in str(err.value)
 
@@ -107,9 +108,7 @@ def test_slow_selection_and_fit_print_one_line_each(monkeypatch, capsys):
     assert len(err) == 2, err
     assert "selected S=5 of D=74 weights with 'greedy_laplace'" in err[0]
     assert "fit: the 5 x 5 curvature over 20 inputs" in err[1]
-    la = DenseSubnetLaplace(
-        mlp(), "classification", n_params_subnet=5, verbose=False
-    )
+    la = DenseSubnetLaplace(mlp(), "classification", n_params_subnet=5, verbose=False)
     la.fit(loader("classification"))
     assert capsys.readouterr().err == ""
 

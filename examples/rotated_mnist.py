@@ -55,6 +55,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -173,6 +174,11 @@ def splits(quick: bool):
 
 def ood_set(quick: bool) -> torch.Tensor | None:
     if animal_mnist_dir() is None:
+        warnings.warn(
+            "animal-mnist is not installed: the OOD rows (AUROC on Animal-MNIST) are "
+            "left out. Install it with `pip install --no-deps animal-mnist`.",
+            stacklevel=2,
+        )
         return None
     X, _ = load_animal_mnist()
     perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))

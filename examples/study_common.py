@@ -8,44 +8,25 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
+
+from laplace_subnet_ext.diagnostics.metrics import ECE_BINS as N_BINS
+from laplace_subnet_ext.diagnostics.metrics import classification_metrics, ood_auroc
+from laplace_subnet_ext.diagnostics.metrics import probit as probit  # re-exported
 
 #: the paper's validation grid for prior precisions: 1e-2 .. 1e4, 13 values
 GRID = torch.logspace(-2, 4, 13)
 METRICS = ("acc", "nll", "ece", "brier")
-N_BINS = 10
 
 
-def probit(f: torch.Tensor, f_var: torch.Tensor) -> torch.Tensor:
-    """laplace's probit approximation of the GLM predictive (diagonal of f_var)."""
-    kappa = 1 / torch.sqrt(1.0 + math.pi / 8 * f_var.diagonal(dim1=-2, dim2=-1))
-    return torch.softmax(kappa * f, dim=-1)
+def metrics(p: torch.Tensor, y: torch.Tensor) -> dict:
+    """Accuracy, NLL, ECE (10 equal-width bins) and Brier score of ``(n, c)``
+    probabilities (the package's :func:`classification_metrics`)."""
+    return classification_metrics(p, y, N_BINS)
 
 
 def _bins(conf: torch.Tensor) -> torch.Tensor:
     """Equal-width confidence bins (lo, hi], as torchmetrics."""
     return ((conf * N_BINS).ceil().long() - 1).clamp(0, N_BINS - 1)
-
-
-def metrics(p: torch.Tensor, y: torch.Tensor) -> dict:
-    """Accuracy, NLL, ECE (10 equal-width bins) and Brier score of ``(n, c)``
-    probabilities."""
-    p = p.double().clamp_min(1e-12)
-    conf, pred = p.max(-1)
-    hit = (pred == y).double()
-    bins = _bins(conf)
-    ece = sum(
-        float(m.double().mean() * (conf[m].mean() - hit[m].mean()).abs())
-        for b in range(N_BINS)
-        if (m := bins == b).any()
-    )
-    return {
-        "acc": float(hit.mean()),
-        "nll": float(F.nll_loss(p.log(), y)),
-        "ece": ece,
-        "brier": float((p - F.one_hot(y, p.shape[-1])).pow(2).sum(-1).mean()),
-    }
 
 
 def reliability(p: torch.Tensor, y: torch.Tensor) -> dict:
@@ -64,16 +45,8 @@ def reliability(p: torch.Tensor, y: torch.Tensor) -> dict:
     }
 
 
-def entropy(p: torch.Tensor) -> torch.Tensor:
-    p = p.double().clamp_min(1e-12)
-    return -(p * p.log()).sum(-1)
-
-
-def auroc(p_in: torch.Tensor, p_out: torch.Tensor) -> float:
-    """AUROC of predictive entropy separating out- from in-distribution inputs."""
-    scores = torch.cat([entropy(p_in), entropy(p_out)])
-    labels = torch.cat([torch.zeros(len(p_in)), torch.ones(len(p_out))])
-    return float(roc_auc_score(labels.numpy(), scores.numpy()))
+#: AUROC of predictive entropy separating out- from in-distribution inputs
+auroc = ood_auroc
 
 
 def grid_pick(nll_along_grid: list[float]) -> float:

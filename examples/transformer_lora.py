@@ -36,10 +36,10 @@ from laplace.curvature import CurvlinopsGGN
 from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 import laplace_subnet_ext  # noqa: F401  (registers the plugin)
 from laplace_subnet_ext import selection
+from laplace_subnet_ext.diagnostics import classification_metrics as metrics
 
 CLS = 17
 
@@ -115,16 +115,6 @@ def train(model: nn.Module, ids, y, epochs: int, seed: int, lr: float = 3e-3):
             F.cross_entropy(model(b), b["labels"]).backward()
             opt.step()
     return model.eval()
-
-
-def metrics(p: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    p = p.clamp_min(1e-12)
-    return {
-        "acc": float((p.argmax(-1) == y).float().mean()),
-        "nll": float(-p[torch.arange(len(y)), y].log().mean()),
-        "ece": float(multiclass_calibration_error(p, y, num_classes=10, n_bins=10)),
-        "brier": float((p - F.one_hot(y, 10)).pow(2).sum(-1).mean()),
-    }
 
 
 def run_seed(seed: int, quick: bool) -> list[dict]:

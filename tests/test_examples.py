@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -157,6 +158,12 @@ def test_selection_study_quick(tmp_path):
 
 
 def test_rotated_mnist_quick(tmp_path):
+    """With Animal-MNIST installed (README's command, CI) the OOD rows are there;
+    without it the run says so on stderr and leaves them out."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    from offline_data import animal_mnist_dir
+
+    has_ood = animal_mnist_dir() is not None or bool(os.environ.get("CI"))
     res = run_example("rotated_mnist", tmp_path)
     summary = res["summary"]
     methods = {(r["method"], r["prior"]) for r in summary}
@@ -177,7 +184,8 @@ def test_rotated_mnist_quick(tmp_path):
         else:
             assert 0 <= r["acc"] <= 1 and 0 <= r["ece"] <= 1 and r["nll"] >= 0
             assert math.isfinite(r["brier"])
-    assert {r["angle"] for r in summary} == {0, 90, 180, "ood"}
+    angles = {0, 90, 180} | ({"ood"} if has_ood else set())
+    assert {r["angle"] for r in summary} == angles
     (info,) = res["info"]
     for m in laplaces:
         lams = info["prior_precision"][m]

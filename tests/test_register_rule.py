@@ -81,7 +81,19 @@ def test_registered_rule_is_fast_and_exact(scale_rule):
     def generic(la):
         return [s.name for s in la.jacobians.split()[1]]
 
-    assert generic(_fit()) == ["1.w"]
+    before = _fit()
+    assert generic(before) == ["1.w"]
+    # generic_reasons names every generic tensor, covered by a rule or not
+    assert list(before.generic_reasons) == ["1.w"]
+    assert (
+        "no fast rule covers it (held by Scale as 'w'" in before.generic_reasons["1.w"]
+    )
+    assert _fit("functional").generic_reasons == dict.fromkeys(
+        [f"{i}.{w}" for i in (0, 3) for w in ("weight", "bias")][:2]
+        + ["1.w"]
+        + [f"3.{w}" for w in ("weight", "bias")],
+        "jacobian_method='functional'",
+    )
     register_rule(Scale, ScaleRule())
     assert f"{__name__}.Scale" in covered_modules()
     la = _fit()

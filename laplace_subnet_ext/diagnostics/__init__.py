@@ -11,6 +11,10 @@ two predictives), exactly; :func:`estimate_full_variance` estimates the
 denominator matrix-free; :func:`selection_quality` and
 :func:`plot_selection_quality` compare strategies along S; :func:`subnet_size_curve`
 gives the log evidence along one selection ranking (choosing S itself).
+
+:mod:`.metrics` (:func:`probit`, :func:`classification_metrics`,
+:func:`regression_metrics`, :func:`ood_auroc`) is the one implementation of the
+predictive metrics used here, in the tutorials and in the studies.
 """
 
 from laplace_subnet_ext.diagnostics.capture import (
@@ -18,6 +22,12 @@ from laplace_subnet_ext.diagnostics.capture import (
     FullNetworkReference,
     estimate_full_variance,
     gaussian_w2,
+)
+from laplace_subnet_ext.diagnostics.metrics import (
+    classification_metrics,
+    ood_auroc,
+    probit,
+    regression_metrics,
 )
 from laplace_subnet_ext.diagnostics.plot import plot_prior_sweep
 from laplace_subnet_ext.diagnostics.quality import (
@@ -43,4 +53,8 @@ __all__ = [
     "selection_quality",
     "plot_selection_quality",
     "subnet_size_curve",
+    "probit",
+    "classification_metrics",
+    "regression_metrics",
+    "ood_auroc",
 ]

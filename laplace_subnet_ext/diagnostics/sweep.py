@@ -24,8 +24,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
+from laplace_subnet_ext.diagnostics.metrics import (
+    classification_metrics,
+    probit,
+    regression_metrics,
+)
 from laplace_subnet_ext.jacobians.batching import split_batch
 from laplace_subnet_ext.numerics import linalg
 
@@ -88,29 +92,8 @@ def _projected(la, data, V):
 
 def _metrics(la, f, f_var, y, n_bins: int) -> dict[str, float]:
     if la.likelihood == "regression":
-        var = f_var.diagonal(dim1=-2, dim2=-1) + la.sigma_noise.to(f.dtype) ** 2
-        nll = 0.5 * ((y - f) ** 2 / var + var.log() + math.log(2 * math.pi))
-        return {
-            "nll": float(nll.sum(-1).mean()),
-            "rmse": float((y - f).pow(2).mean().sqrt()),
-        }
-    # laplace's probit approximation (BaseLaplace._glm_forward_call)
-    kappa = 1 / torch.sqrt(1.0 + math.pi / 8 * f_var.diagonal(dim1=1, dim2=2))
-    p = torch.softmax(kappa * f, dim=-1)
-    conf, pred = p.max(-1)
-    hit = (pred == y).to(p.dtype)
-    bins = torch.clamp((conf * n_bins).ceil().long() - 1, 0, n_bins - 1)
-    ece = sum(
-        (in_bin.sum() / len(y)) * (conf[in_bin].mean() - hit[in_bin].mean()).abs()
-        for b in range(n_bins)
-        if (in_bin := bins == b).any()
-    )
-    return {
-        "nll": float(F.nll_loss(p.clamp_min(1e-12).log(), y)),
-        "acc": float(hit.mean()),
-        "ece": float(ece),
-        "brier": float((p - F.one_hot(y, p.shape[-1])).pow(2).sum(-1).mean()),
-    }
+        return regression_metrics(f, f_var, y, float(la.sigma_noise))
+    return classification_metrics(probit(f, f_var), y, n_bins)
 
 
 def _check_scalar_prior(la, what: str) -> None:

@@ -155,6 +155,24 @@ class SubnetJacobians:
             (fast if ok else slow).append(sel)
         return fast, slow
 
+    def generic(self) -> dict[str, str]:
+        """``tensor name -> why`` for every selected tensor on the generic path:
+        demoted ones (:attr:`generic_reasons`), tensors that no rule covers, and
+        all of them under ``method="functional"``; a new dict."""
+        _, slow = self.split()
+        out = {}
+        for sel in slow:
+            if sel.name in self.generic_reasons:
+                out[sel.name] = self.generic_reasons[sel.name]
+            elif self.method != "auto":
+                out[sel.name] = f"jacobian_method={self.method!r}"
+            else:
+                out[sel.name] = (
+                    f"no fast rule covers it (held by {type(sel.module).__name__} as "
+                    f"{sel.attr!r}; see jacobians.covered_modules(), register_rule)"
+                )
+        return out
+
     def __call__(
         self, x: torch.Tensor | MutableMapping[str, Any]
     ) -> tuple[torch.Tensor, torch.Tensor]:

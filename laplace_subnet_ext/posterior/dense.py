@@ -282,6 +282,8 @@ class DenseSubnetLaplace(
         self._posterior_scale = None
         self._mask = (subnetwork_mask, n_params_subnet, dict(mask_kwargs or {}))
         self._default_mask = default_mask
+        if isinstance(n_params_subnet, int) and not isinstance(n_params_subnet, bool):
+            self._check_plan(n_params_subnet)  # before a selection that cannot fit
         if subnetwork_indices is not _MISSING:
             if subnetwork_mask is not None:
                 raise TypeError("give subnetwork_indices or subnetwork_mask, not both.")
@@ -301,9 +303,11 @@ class DenseSubnetLaplace(
 
     @property
     def generic_reasons(self) -> dict[str, str]:
-        """``tensor name -> why`` for tensors moved off the fast Jacobian path
-        (graph guard, sample check, run-time check); a copy."""
-        return dict(self._jacobians.generic_reasons)
+        """``tensor name -> why`` for every selected tensor on the generic
+        (``torch.func``) Jacobian path: no rule covers it, or the graph guard, the
+        sample check or the run-time check moved it there; a new dict."""
+        self._check_selected()
+        return self._jacobians.generic()
 
     @property
     def _cdtype(self) -> torch.dtype:
@@ -323,15 +327,10 @@ class DenseSubnetLaplace(
                 "(subnetwork_mask selects inside fit)."
             )
 
-    def _set_subnetwork(self, indices: Any, given: str = "n_params_subnet") -> None:
-        """Set the subnetwork; ``given`` names the argument it came from (for the
-        memory check's message)."""
-        idx = normalize_subnetwork_indices(indices, self.n_params, device=self._device)
-        S = idx.numel()
-        dtype = self._curvature_dtype_for(S)
-        if self.curvature_dtype is None and self._dtype != torch.float64:
-            logger.info(explain_curvature_dtype(self._dtype, S))
-        itemsize = torch.empty((), dtype=dtype).element_size()
+    def _check_plan(self, S: int, given: str = "n_params_subnet") -> None:
+        """Refuse (``ValueError``) an S whose curvature does not fit, before any
+        S x S allocation; warn if the whole plan does not (:mod:`.memory`)."""
+        itemsize = torch.empty((), dtype=self._curvature_dtype_for(S)).element_size()
         check_subnet_plan(
             S,
             itemsize,
@@ -341,6 +340,15 @@ class DenseSubnetLaplace(
             if given == "n_params_subnet"
             else f"{given} (S={S})",
         )
+
+    def _set_subnetwork(self, indices: Any, given: str = "n_params_subnet") -> None:
+        """Set the subnetwork; ``given`` names the argument it came from (for the
+        memory check's message)."""
+        idx = normalize_subnetwork_indices(indices, self.n_params, device=self._device)
+        S = idx.numel()
+        if self.curvature_dtype is None and self._dtype != torch.float64:
+            logger.info(explain_curvature_dtype(self._dtype, S))
+        self._check_plan(S, given)
         self._layout = SubnetLayout(self.model, idx)
         if self._backend is not None:
             self._backend.subnetwork_indices = idx
@@ -399,6 +407,7 @@ class DenseSubnetLaplace(
             n_sub,
             kwargs,
             progress_bar=progress_bar,
+            memory_budget=self.memory_budget,
         )
         name = mask if isinstance(mask, str) else getattr(mask, "__name__", None)
         name = name or type(mask).__name__

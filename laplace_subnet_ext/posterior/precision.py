@@ -101,6 +101,9 @@ class _CholeskyLogDet(torch.autograd.Function):
 class DensePrecision:
     r"""The posterior precision :math:`P = hH + \operatorname{diag}(p)` of S weights.
 
+    The prior and the curvature factor :math:`h = 1/(\sigma^2 T)` are set by
+    :meth:`set_prior`; a change frees the factor (not the spectra of H).
+
     Parameters
     ----------
     H : torch.Tensor
@@ -109,9 +112,6 @@ class DensePrecision:
         tensor's version counter.
     memory_budget : int, optional
         Bytes allowed for H and the matrices beside it; default: free memory.
-
-    The prior and the curvature factor :math:`h = 1/(\sigma^2 T)` are set by
-    :meth:`set_prior`; a change frees the factor (not the spectra of H).
     """
 
     def __init__(self, H: torch.Tensor, memory_budget: int | None = None) -> None:

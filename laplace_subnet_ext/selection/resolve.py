@@ -22,13 +22,15 @@ def select_indices(
     n_params_subnet: int | float | str | None = None,
     mask_kwargs: dict[str, Any] | None = None,
     progress_bar: bool = False,
+    memory_budget: int | str | None = None,
 ) -> torch.Tensor:
     """Indices chosen by ``mask``.
 
     ``mask`` may be a laplace/our ``SubnetMask`` instance (used as is if already
     selected), a class (built with ``model``, ``n_params_subnet`` and
     ``likelihood`` where its constructor takes them, plus ``mask_kwargs``), or a
-    registered name. ``progress_bar`` reaches a class whose constructor takes it.
+    registered name. ``progress_bar`` and ``memory_budget`` (the posterior's, for
+    ``n_params_subnet="auto"``) reach a class whose constructor takes them.
 
     Raises
     ------
@@ -47,6 +49,8 @@ def select_indices(
             kwargs.setdefault("likelihood", likelihood)
         if "progress_bar" in params:
             kwargs.setdefault("progress_bar", progress_bar)
+        if "memory_budget" in params and memory_budget is not None:
+            kwargs.setdefault("memory_budget", memory_budget)
         mask = mask(**kwargs)
     if not hasattr(mask, "select"):
         raise TypeError(

@@ -1,0 +1,238 @@
+"""Generate the docs' results and benchmark pages from the committed results JSON.
+
+Each page's text lives in ``docs/<section>/_src/<page>.md``; a line
+``{{ table: NAME }}`` there is replaced by the table ``TABLES[NAME]`` builds from
+the JSON in ``examples/results/`` or ``benchmarks/results/``, and every figure the
+text links (``examples/results/x.png``) is copied next to the page. No number in
+a generated table is typed by hand: rerun a study (its ``--report``), then this.
+
+    python docs/gen_pages.py    # writes docs/results/*.md, docs/benchmarks/*.md
+
+``mkdocs build`` / ``mkdocs serve`` run it first (``docs/hooks.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+SECTIONS = ("results", "benchmarks")
+MARKER = re.compile(r"^\{\{ table: ([\w:.-]+) \}\}$", re.M)
+FIGURE = re.compile(r"\((?:\.\./)*((?:examples|benchmarks)/results/[\w.-]+\.png)\)")
+
+
+def _examples() -> None:
+    """Put ``examples/`` on the path (the study scripts import their neighbours),
+    after importing the package (which imports laplace without its warnings)."""
+    import laplace_subnet_ext  # noqa: F401
+
+    path = str(ROOT / "examples")
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
+def _module(relpath: str, name: str):
+    """Import a script by path (``examples/report.py`` and ``benchmarks/report.py``
+    share a name)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / relpath)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _load(name: str) -> dict:
+    return json.loads((ROOT / "examples" / "results" / f"{name}.json").read_text())
+
+
+def _pm(mean: float, se: float | None) -> str:
+    if se is None or not math.isfinite(se) or se == 0:
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ± {se:.3f}"
+
+
+# ------------------------------------------------------------ study tables
+def rotated_mnist() -> str:
+    _examples()
+    import rotated_mnist as study
+
+    runs = study.finished_seeds(ROOT / "examples" / "results" / "rotated_mnist")
+    for run in runs:  # seed 0 was written before OOD rows carried "angle"
+        for r in run["rows"]:
+            r.setdefault("angle", "ood")
+    return study.markdown(runs, study.summarise(runs, "angle"))
+
+
+def transformer_lora() -> str:
+    """Clean, token noise 4 and rotation 60° per method (mean ± s.e. over seeds)."""
+    s = _load("transformer_lora")["summary"]
+    cols = [("clean", "clean"), ("noise 4", "noise 4"), ("rotation 60", "rotation 60°")]
+    by = {(r["method"], r["shift"]): r for r in s}
+    head = "| method | seeds |" + "".join(
+        f" {label} acc | {label} NLL | {label} ECE |" for _, label in cols
+    )
+    lines = [head, "|---|---:|" + "---:|" * 3 * len(cols)]
+    for m in dict.fromkeys(r["method"] for r in s):
+        cells = []
+        for key, _ in cols:
+            r = by.get((m, key))
+            cells += (
+                ["-"] * 3
+                if r is None
+                else [
+                    f"{r['acc']:.3f}",
+                    _pm(r["nll"], r.get("nll_se")),
+                    f"{r['ece']:.3f}",
+                ]
+            )
+        n = by[(m, "clean")]["n_seeds"]
+        lines.append(f"| {m} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bayesian_lora_text() -> str:
+    """RT test, IMDB and OOD AUROC per (method, prior); time = fit + tune +
+    predict, mean over seeds (seconds)."""
+    res = _load("bayesian_lora_text")
+    s, info = res["summary"], res["info"]
+    lines = [
+        "| method | prior | seeds | RT acc | RT NLL | RT ECE | RT Brier | IMDB acc "
+        "| IMDB NLL | IMDB ECE | OOD AUROC | time s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m, prior in dict.fromkeys((r["method"], r["prior"]) for r in s):
+        rs = {r["set"]: r for r in s if (r["method"], r["prior"]) == (m, prior)}
+        rt, im, ood = rs["rt_test"], rs["imdb"], rs["ood"]
+        times = [i["times"].get(m, {}) for i in info]
+        per_seed = [
+            sum(
+                v
+                for k, v in t.items()
+                if not k.startswith("predict_")
+                or k in (f"predict_{prior}", "predict_-", "predict_both_priors")
+            )
+            for t in times
+            if t
+        ]
+        t = f"{sum(per_seed) / len(per_seed):.0f}" if per_seed else "-"
+        lines.append(
+            f"| {m} | {prior} | {rt['n_seeds']} | {_pm(rt['acc'], rt['acc_se'])} | "
+            f"{_pm(rt['nll'], rt['nll_se'])} | {_pm(rt['ece'], rt['ece_se'])} | "
+            f"{rt['brier']:.3f} | {_pm(im['acc'], im['acc_se'])} | "
+            f"{_pm(im['nll'], im['nll_se'])} | {_pm(im['ece'], im['ece_se'])} | "
+            f"{_pm(ood['ood_auroc'], ood.get('ood_auroc_se'))} | {t} |"
+        )
+    return "\n".join(lines)
+
+
+def prior_tradeoff() -> str:
+    """Metrics at the grid value nearest each prior choice, per method."""
+    res = _load("prior_tradeoff")
+    lines = [
+        "| method | choice | λ | grid λ | val NLL | val ECE | rotation 60° NLL "
+        "| Gaussian noise 3 NLL |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, sweep in res["sweeps"].items():
+        rows = sweep["rows"]
+        grid = sorted({r["prior_precision"] for r in rows})
+        for mark, lam in sweep["marks"].items():
+            near = min(grid, key=lambda g, lam=lam: abs(math.log(g / lam)))
+            at = {r["set"]: r for r in rows if r["prior_precision"] == near}
+            lines.append(
+                f"| {name} | {mark} | {lam:.3g} | {near:.3g} | {at['val']['nll']:.3f} "
+                f"| {at['val']['ece']:.3f} | {at['rotation 60']['nll']:.3f} "
+                f"| {at['gaussian noise 3']['nll']:.3f} |"
+            )
+    return "\n".join(lines)
+
+
+def _report(fn: str, *args: str) -> Callable[[], str]:
+    def build() -> str:
+        return getattr(_module("examples/report.py", "examples_report"), fn)(*args)
+
+    return build
+
+
+def _bench(fn: str, names: list[str]) -> Callable[[], str]:
+    def build() -> str:
+        return getattr(_module("benchmarks/report.py", "bench_report"), fn)(names)
+
+    return build
+
+
+#: marker name -> table builder
+TABLES: dict[str, Callable[[], str]] = {
+    "rotated_mnist": rotated_mnist,
+    "transformer_lora": transformer_lora,
+    "bayesian_lora_text": bayesian_lora_text,
+    "prior_tradeoff": prior_tradeoff,
+    "selection": _report("selection"),
+    "toy": _report("toy"),
+    "tabular": _report("tabular"),
+    "tabular_paired": _report("tabular_paired"),
+    "shift_marglik": _report("shift"),
+    "shift_gridsearch": _report(
+        "shift", "shift_classification_gridsearch", "validation-NLL grid search"
+    ),
+    "vs_laplace": _bench(
+        "vs_laplace",
+        ["mlp_D_sweep", "mlp_regression", "mlp_S_sweep", "cnn", "cnn_small_ours_v2"],
+    ),
+    "marglik": _bench("marglik", ["marglik"]),
+}
+
+
+def render(text: str, out_dir: Path) -> str:
+    """Fill the markers of one page and copy its figures into ``out_dir/img``."""
+
+    def table(m: re.Match) -> str:
+        name = m.group(1)
+        if name not in TABLES:
+            raise KeyError(f"unknown table marker {name!r}; known: {sorted(TABLES)}")
+        return TABLES[name]()
+
+    def figure(m: re.Match) -> str:
+        src = ROOT / m.group(1)
+        (out_dir / "img").mkdir(exist_ok=True)
+        dest = out_dir / "img" / src.name
+        if not dest.exists() or dest.read_bytes() != src.read_bytes():
+            shutil.copyfile(src, dest)
+        return f"(img/{src.name})"
+
+    return FIGURE.sub(figure, MARKER.sub(table, text))
+
+
+def generate() -> list[Path]:
+    """Write every generated page whose text changed (so ``mkdocs serve`` does not
+    rebuild in a loop); return all their paths."""
+    pages = []
+    for section in SECTIONS:
+        out_dir = DOCS / section
+        for src in sorted((out_dir / "_src").glob("*.md")):
+            page = out_dir / src.name
+            text = render(src.read_text(), out_dir)
+            if not page.exists() or page.read_text() != text:
+                page.write_text(text)
+            pages.append(page)
+    return pages
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.parse_args()
+    for page in generate():
+        print(page.relative_to(ROOT))
+
+
+if __name__ == "__main__":
+    main()

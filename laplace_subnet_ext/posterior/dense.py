@@ -327,9 +327,12 @@ class DenseSubnetLaplace(
                 "(subnetwork_mask selects inside fit)."
             )
 
-    def _check_plan(self, S: int, given: str = "n_params_subnet") -> None:
+    def _check_plan(
+        self, S: int, given: str = "n_params_subnet", depth: int = 1
+    ) -> None:
         """Refuse (``ValueError``) an S whose curvature does not fit, before any
-        S x S allocation; warn if the whole plan does not (:mod:`.memory`)."""
+        S x S allocation; warn if the whole plan does not (:mod:`.memory`), at the
+        user's call ``depth`` frames above this one."""
         itemsize = torch.empty((), dtype=self._curvature_dtype_for(S)).element_size()
         check_subnet_plan(
             S,
@@ -339,6 +342,7 @@ class DenseSubnetLaplace(
             given=f"n_params_subnet={S}"
             if given == "n_params_subnet"
             else f"{given} (S={S})",
+            stacklevel=3 + depth,
         )
 
     def _set_subnetwork(self, indices: Any, given: str = "n_params_subnet") -> None:
@@ -348,7 +352,7 @@ class DenseSubnetLaplace(
         S = idx.numel()
         if self.curvature_dtype is None and self._dtype != torch.float64:
             logger.info(explain_curvature_dtype(self._dtype, S))
-        self._check_plan(S, given)
+        self._check_plan(S, given, depth=2)
         self._layout = SubnetLayout(self.model, idx)
         if self._backend is not None:
             self._backend.subnetwork_indices = idx

@@ -88,6 +88,41 @@ def test_share_and_w2_match_dense_reference(lik):
 
 
 @pytest.mark.parametrize("lik", LIKS)
+def test_region_shares_match_the_dense_reference(lik):
+    """The share within a region of the test inputs (e.g. between and beyond the
+    data), centred logits for classification, against the dense covariances."""
+    model, dl, _ = _problem(lik, seed=6)
+    near = torch.randn(5, 3, dtype=torch.float64)
+    far = 4 * torch.randn(7, 3, dtype=torch.float64)
+    Xt = torch.cat([near, far])
+    ref = FullNetworkReference(model, lik, dl, Xt, prior_precision=0.8)
+    _, P, Jt = _dense(model, lik, dl.dataset.tensors[0], Xt, 0.8, 1.0)
+    if lik == "classification":
+        Jt = Jt - Jt.mean(1, keepdim=True)  # centred logits
+    idx = torch.tensor([1, 3, 8, 13, 21, 34, 40])
+    sub, full = _cov(Jt, P, idx), _cov(Jt, P)
+    tr = lambda A: A.diagonal(dim1=-2, dim2=-1).sum()  # noqa: E731
+    far_mask = torch.arange(12) >= 5
+    res = ref.evaluate(idx, {"far": far_mask, "near": torch.arange(5)})
+    assert_close(res.region_shares["far"], tr(sub[5:]) / tr(full[5:]), what="far")
+    assert_close(res.region_shares["near"], tr(sub[:5]) / tr(full[:5]), what="near")
+    assert all(0 < v <= 1 for v in res.region_shares.values())
+    D = ref.H.shape[0]
+    assert_close(
+        ref.evaluate(torch.arange(D), {"far": far_mask}).region_shares["far"], 1.0
+    )
+    rows = selection_quality(
+        model, lik, dl, Xt, strategies={"random": "random"}, sizes=[7],
+        reference=ref, regions={"far": far_mask},
+    )  # fmt: skip
+    assert 0 < rows[0]["share_far"] <= 1
+    with pytest.raises(ValueError, match="selects no test input"):
+        ref.evaluate(idx, {"none": torch.zeros(12, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="boolean mask of the 12 test inputs"):
+        ref.evaluate(idx, {"bad": torch.ones(3, dtype=torch.bool)})
+
+
+@pytest.mark.parametrize("lik", LIKS)
 def test_share_never_exceeds_one_and_grows_with_nesting(lik):
     model, dl, X = _problem(lik, seed=1)
     ref = FullNetworkReference(model, lik, dl, X[:10], prior_precision=0.3)
@@ -209,6 +244,86 @@ def test_greedy_eval_inputs_change_the_target():
     outside = selection.get("greedy_laplace")(model, 6, eval_inputs=far, **kw)
     outside = outside.select(dl)
     assert ref.evaluate(outside).share >= ref.evaluate(inside).share
+
+
+def _objective(J, Lam, E, lam, sigma):
+    """F(S) by brute force: sum_x tr E_S P_SS^-1 E_S^T with P = H / sigma^2 + lam I."""
+    n, c, q = J.shape
+    H = torch.einsum("ncp,nck,nkq->pq", J, Lam, J) if Lam is not None else None
+    if H is None:
+        H = torch.einsum("ncp,ncq->pq", J, J)
+    P = H / sigma**2 + lam * torch.eye(q, dtype=J.dtype)
+
+    def F(order):
+        if len(order) == 0:
+            return 0.0
+        return float(_cov(E, P, torch.as_tensor(order)).diagonal(0, -2, -1).sum())
+
+    return F
+
+
+def _random_problem(seed=0, n=12, c=3, q=40):
+    g = torch.Generator().manual_seed(seed)
+    J = torch.randn(n, c, q, generator=g, dtype=torch.float64)
+    J = J * torch.rand(q, generator=g, dtype=torch.float64) ** 2  # uneven columns
+    A = torch.randn(n, c, c, generator=g, dtype=torch.float64)
+    Lam = A @ A.mT / c
+    E = torch.randn(7, 2, q, generator=g, dtype=torch.float64)
+    return J, Lam, E
+
+
+@pytest.mark.parametrize("block", [1, 3, 8])
+def test_blocked_greedy_gains_are_the_exact_increments_of_the_objective(block):
+    """The BLAS-3 block updates (Cholesky rows, residuals, Schur complements of
+    the whole pool) are exact: every reported gain equals F(S + j) - F(S) by brute
+    force along the chosen path, and each block's first choice is the exact
+    argmax over the whole pool."""
+    J, Lam, E = _random_problem()
+    F = _objective(J, Lam, E, 0.7, 0.8)
+    order, gains = greedy_schur(J, Lam, 20, 0.7, 0.8, E=E, block=block, shortlist=2)
+    assert len(set(order.tolist())) == 20
+    path = order.tolist()
+    inc = [F(path[: k + 1]) - F(path[:k]) for k in range(20)]
+    assert_close(
+        gains, torch.tensor(inc), 1e-8, f"gains along the path (block {block})"
+    )
+    # the first choice is the global argmax of the first gain
+    first = [F([j]) for j in range(J.shape[-1])]
+    assert path[0] == max(range(len(first)), key=first.__getitem__)
+
+
+def test_block_one_is_brute_force_greedy_and_blocks_keep_the_objective():
+    J, Lam, E = _random_problem(seed=1, q=60)
+    F = _objective(J, Lam, E, 0.5, 1.0)
+    chosen: list[int] = []
+    for _ in range(12):
+        rest = [j for j in range(60) if j not in chosen]
+        chosen.append(max(rest, key=lambda j: F(chosen + [j])))
+    exact = greedy_schur(J, Lam, 12, 0.5, E=E, block=1)[0].tolist()
+    assert_close(F(exact), F(chosen), 1e-10, "block 1 = brute-force greedy")
+    blocked = greedy_schur(J, Lam, 12, 0.5, E=E, block=6, shortlist=2)[0].tolist()
+    assert F(blocked) >= 0.98 * F(chosen)  # lazy blocks: close, not identical
+
+
+def test_greedy_block_rule(monkeypatch, caplog):
+    from laplace_subnet_ext.selection import greedy
+
+    model, dl, _ = _problem("classification")
+    kw = dict(likelihood="classification", prior_precision=0.5, candidates=1000)
+    mask = selection.get("greedy_laplace")(model, 6, **kw)
+    mask.select(dl)
+    assert mask.block_used == 1  # small work: exact greedy
+    monkeypatch.setattr(greedy, "EXACT_GREEDY_WORK", 0)
+    with caplog.at_level("INFO", logger="laplace_subnet_ext"):
+        big = selection.get("greedy_laplace")(model, 6, **kw)
+        big.select(dl)
+    assert big.block_used == greedy.GREEDY_BLOCK
+    assert "blocked greedy" in caplog.text
+    fixed = selection.get("greedy_laplace")(model, 6, block=2, **kw)
+    fixed.select(dl)
+    assert fixed.block_used == 2
+    with pytest.raises(ValueError, match="block must be 'auto' or a positive int"):
+        selection.get("greedy_laplace")(model, 6, block=0, **kw)
 
 
 def test_greedy_first_step_is_the_closed_form():

@@ -28,8 +28,8 @@ output space, each solved with conjugate gradients on GGN-vector products
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -76,6 +76,11 @@ class CaptureResult:
         curvature in (the prior alone sets it, :math:`\\propto 1/\\lambda`). It
         is the part of the logit variance that can change a prediction.
         ``None`` for regression.
+    region_shares : dict
+        ``region name -> share`` over that region's test inputs only (centred
+        logits for classification), for the ``regions`` given to
+        :meth:`FullNetworkReference.evaluate`; e.g. the in-between region of a
+        regression with a gap in its inputs.
     """
 
     share: float
@@ -84,6 +89,7 @@ class CaptureResult:
     n_subnet: int
     share_centered: float | None = None
     wasserstein_centered: float | None = None
+    region_shares: dict[str, float] = field(default_factory=dict)
 
 
 def _check_fits(D: int, device: torch.device) -> None:
@@ -214,10 +220,17 @@ class FullNetworkReference:
         W = W.T.reshape(n, c, s)
         return W @ W.mT
 
-    def evaluate(self, indices: Sequence[int]) -> CaptureResult:
-        """Share of the full predictive variance and Wasserstein distance of ``indices``."""
+    def evaluate(
+        self,
+        indices: Sequence[int],
+        regions: Mapping[str, torch.Tensor] | None = None,
+    ) -> CaptureResult:
+        """Share of the full predictive variance and Wasserstein distance of
+        ``indices``; with ``regions`` (``name -> (m,)`` boolean mask or indices of
+        the test inputs) also the share within each region."""
         sub = self.predictive_covariance(indices)
         full = self.full_covariance
+        n = full.shape[0]
 
         def tr(A):
             return A.diagonal(dim1=-2, dim2=-1).sum(-1)
@@ -234,6 +247,19 @@ class FullNetworkReference:
             sub_c, full_c = C @ sub @ C, C @ full @ C
             res.share_centered = float(tr(sub_c).sum() / tr(full_c).sum())
             res.wasserstein_centered = float(gaussian_w2(sub_c, full_c).mean())
+            sub, full = sub_c, full_c
+        for name, where in dict(regions or {}).items():
+            where = torch.as_tensor(where, device=full.device)
+            if where.dtype == torch.bool and where.shape != (n,):
+                raise ValueError(
+                    f"regions[{name!r}] must be a boolean mask of the {n} test "
+                    f"inputs or their indices; got shape {tuple(where.shape)}."
+                )
+            if where.numel() == 0 or not bool(where.any()):
+                raise ValueError(f"regions[{name!r}] selects no test input.")
+            res.region_shares[name] = float(
+                tr(sub[where]).sum() / tr(full[where]).sum()
+            )
         return res
 
 

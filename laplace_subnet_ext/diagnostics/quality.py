@@ -51,6 +51,7 @@ def selection_quality(
     prior_precision: float | str = "marglik",
     sigma_noise: float = 1.0,
     strategy_kwargs: Mapping[str, dict] | None = None,
+    regions: Mapping[str, torch.Tensor] | None = None,
 ) -> list[dict]:
     """Captured share and Wasserstein distance of each strategy at each S.
 
@@ -68,6 +69,10 @@ def selection_quality(
         Built here from ``train_loader`` and ``test_inputs`` if not given.
     strategy_kwargs : mapping, optional
         Label -> extra constructor keywords.
+    regions : mapping, optional
+        Name -> boolean mask (or indices) of ``test_inputs``: each row also gets
+        ``share_<name>``, the share within that region (centred logits for
+        classification), e.g. the inputs between and beyond the training data.
 
     Returns
     -------
@@ -112,7 +117,7 @@ def selection_quality(
                 rows.append(row)
                 continue
             row["seconds"] = time.perf_counter() - t0
-            res = ref.evaluate(idx)
+            res = ref.evaluate(idx, regions)
             row.update(
                 S=res.n_subnet,
                 fraction=res.n_subnet / D,
@@ -122,6 +127,7 @@ def selection_quality(
                 share_centered=res.share_centered,
                 wasserstein_centered=res.wasserstein_centered,
                 n_zero_curvature=getattr(mask, "n_zero_curvature", None),
+                **{f"share_{k}": v for k, v in res.region_shares.items()},
             )
             rows.append(row)
     return rows

@@ -31,6 +31,7 @@ from laplace_subnet_ext._compat import (  # noqa: E402
 )
 from laplace_subnet_ext.jacobians import register_rule  # noqa: E402
 from laplace_subnet_ext.posterior import DenseSubnetLaplace, NotFittedError  # noqa: E402
+from laplace_subnet_ext.training import marglik_training  # noqa: E402
 
 __all__ = [
     "DenseSubnetLaplace",
@@ -40,6 +41,7 @@ __all__ = [
     "is_registered",
     "selection",
     "register_rule",
+    "marglik_training",
     "KEY",
 ]
 __version__ = "0.1.0"

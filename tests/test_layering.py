@@ -19,6 +19,7 @@ FLOORS = {
     "selection": 2,
     "posterior": 3,
     "diagnostics": 4,
+    "training": 4,
     "__init__": 5,
 }
 

@@ -67,6 +67,8 @@ __all__ = ["SubnetJacobians", "JACOBIAN_METHODS"]
 JACOBIAN_METHODS = ("auto", "functional", "backend")
 logger = logging.getLogger(__name__)
 
+#: default memory bound of one generic-path (``torch.func``) call: 256 MiB
+GENERIC_BLOCK_BYTES = 2**28
 #: elements of one (b, chunk, t) product; bounds the fast path's scratch memory
 CHUNK_ELEMENTS = 2**24
 #: a weight use's selected entries are formed as a dense block (one batched
@@ -88,8 +90,12 @@ class SubnetJacobians:
     dict_key_x : str
         Key of the input tensor for dict-like inputs.
     generic_chunk_size : int, optional
-        Batch chunk for the generic path; default chosen so one chunk's
-        Jacobian w.r.t. the touched tensors stays below ~256 MB.
+        Batch chunk for the generic path; default: from ``block_bytes`` (see
+        :meth:`generic_plan`).
+    block_bytes : int, default=256 MiB
+        Memory bound of one generic-path call: its inputs are chunked, and its
+        outputs (``torch.func``'s vectorised backward passes) too when one input
+        alone would pass the bound.
     backend_jacobians : callable, optional
         ``x -> (Js, f)`` of laplace's backend (full then sliced); required
         for ``method="backend"``.
@@ -118,6 +124,7 @@ class SubnetJacobians:
         generic_chunk_size: int | None = None,
         backend_jacobians: Callable | None = None,
         verify: bool = True,
+        block_bytes: int = GENERIC_BLOCK_BYTES,
     ) -> None:
         if method not in JACOBIAN_METHODS:
             raise ValueError(
@@ -130,6 +137,7 @@ class SubnetJacobians:
         self.method = method
         self.dict_key_x = dict_key_x
         self.generic_chunk_size = generic_chunk_size
+        self.block_bytes = int(block_bytes)
         self.backend_jacobians = backend_jacobians
         self.verify = bool(verify)
         #: names of the fast tensors already compared by the run-time check
@@ -319,27 +327,55 @@ class SubnetJacobians:
             Js[:, :, sel.positions] = cols
         return Js, f
 
-    def _generic(self, slow: list, x) -> tuple[torch.Tensor, torch.Tensor]:
+    def generic_plan(self, slow: list, x) -> tuple[int, int | None]:
+        r"""``(inputs per chunk, outputs per vectorised backward)`` of the generic
+        path for the batch ``x``, so that one call stays below ``block_bytes``.
+
+        ``torch.func.jacrev`` over a chunk of :math:`m` inputs with :math:`c`
+        outputs holds the forward's saved activations (:math:`A` bytes per
+        input, measured on two), the backward's intermediates for all
+        :math:`m c` vectorised cotangents (about :math:`A` each) and the result
+        (:math:`c \cdot` touched entries): :math:`m ((1 + c) A + c\,t)` bytes.
+        The chunk is the largest :math:`m` within the bound; where one input
+        alone exceeds it, ``jacrev``'s ``chunk_size`` vectorises over
+        :math:`k` cotangents at a time, :math:`(1 + k) A + c\,t` within the
+        bound, down to one (then the bound can be exceeded by the model itself:
+        one forward and one backward pass of one input)."""
         n = batch_size(x, self.dict_key_x)
         if self.generic_chunk_size is not None:
-            chunk = self.generic_chunk_size
-        elif self._whole_batch or self.autograd_reason is not None:
-            chunk = n
-        else:
-            chunk = _default_chunk(slow, n)
+            return self.generic_chunk_size, None
+        if self._whole_batch or self.autograd_reason is not None:
+            return n, None
+        m = min(n, 2)  # two inputs: batch statistics need more than one
+        A, c = _activation_bytes(self.model, slice_batch(x, 0, m, n))
+        A //= m
+        touched = sum(sel.param.numel() for sel in slow)
+        result = c * touched * slow[0].param.element_size()
+        per_input = (1 + c) * A + result
+        chunk = int(max(1, min(n, self.block_bytes // max(1, per_input))))
+        if chunk > 1 or per_input <= self.block_bytes:
+            return chunk, None
+        k = (self.block_bytes - A - result) // max(1, A)
+        return 1, int(max(1, min(c, k)))
+
+    def _generic(self, slow: list, x) -> tuple[torch.Tensor, torch.Tensor]:
+        n = batch_size(x, self.dict_key_x)
+        chunk, vmap_chunk = self.generic_plan(slow, x)
         parts_J, parts_f = [], []
         for start in range(0, n, chunk):
             xc = slice_batch(x, start, min(start + chunk, n), n)
-            Jc, fc = self._generic_chunk(slow, xc)
+            Jc, fc = self._generic_chunk(slow, xc, vmap_chunk)
             parts_J.append(Jc.detach())
             parts_f.append(fc.detach())
         return torch.cat(parts_J), torch.cat(parts_f)
 
-    def _generic_chunk(self, slow: list, x) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generic_chunk(
+        self, slow: list, x, vmap_chunk: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``torch.func``; where it cannot differentiate the model, plain autograd."""
         if self.autograd_reason is None:
             try:
-                Jc, fc = functional_jacobians(self.model, slow, x)
+                Jc, fc = functional_jacobians(self.model, slow, x, vmap_chunk)
             except RuntimeError as err:
                 self.autograd_reason = f"{type(err).__name__}: {err}"
                 logger.info(
@@ -451,12 +487,27 @@ def _split_cols(Js: torch.Tensor, selections: list[TensorSelection]) -> list:
     return list(torch.split(Js, sizes, dim=-1))
 
 
-def _default_chunk(selections: list, n: int, budget: int = 256 * 2**20) -> int:
-    touched = sum(sel.param.numel() for sel in selections)
-    itemsize = selections[0].param.element_size()
-    # jacrev holds (chunk, c, touched); c is unknown here, assume up to 16 outputs
-    per_sample = max(1, 16 * touched * itemsize)
-    return int(max(1, min(n, budget // per_sample)))
+def _activation_bytes(model: nn.Module, x1) -> tuple[int, int]:
+    """Bytes the forward pass of ``x1`` saves for the backward pass (each
+    storage once, parameters not counted), and the number of outputs."""
+    seen: dict[tuple, int] = {}
+
+    def pack(t: torch.Tensor):
+        try:
+            key = (t.untyped_storage().data_ptr(), t.device)
+            seen[key] = max(seen.get(key, 0), t.untyped_storage().nbytes())
+        except (RuntimeError, NotImplementedError):  # e.g. a tensor without storage
+            seen[(id(t), None)] = t.numel() * t.element_size()
+        return t
+
+    with (
+        torch.enable_grad(),
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+    ):
+        f = model(x1)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = sum(v for (ptr, _), v in seen.items() if ptr not in params)
+    return int(saved), int(f.shape[-1])
 
 
 def _check_output(f: torch.Tensor) -> None:

@@ -73,8 +73,11 @@ def functional_jacobians(
     model: nn.Module,
     selections: list[TensorSelection],
     x: torch.Tensor | MutableMapping[str, Any],
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Jacobian columns of ``selections`` for one chunk of inputs (``torch.func``).
+    """Jacobian columns of ``selections`` for one chunk of inputs (``torch.func``);
+    ``chunk_size``: cotangents per vectorised backward pass (``jacrev``'s; None:
+    all at once).
 
     Returns
     -------
@@ -91,7 +94,9 @@ def functional_jacobians(
         return out, out
 
     with plain_derivatives(model):
-        jac, f = torch.func.jacrev(forward, has_aux=True)(touched)
+        jac, f = torch.func.jacrev(forward, has_aux=True, chunk_size=chunk_size)(
+            touched
+        )
     cols = [_flat_columns(jac[sel.name], f.ndim, sel) for sel in selections]
     return torch.cat(cols, dim=-1), f
 

@@ -152,7 +152,10 @@ class DenseSubnetLaplace(
         Bytes (or "4GB") allowed for the dense posterior (plan: H plus one
         factor, two S x S matrices); default: free memory.
     predictive_block_bytes : int, default=256 MiB
-        Upper bound of one Jacobian block in the predictive; inputs are split.
+        Upper bound of one Jacobian block in the predictive (inputs are split),
+        and of one generic-path (``torch.func``) call in fit and predictive
+        (inputs, and if need be outputs, are split; see
+        :meth:`.SubnetJacobians.generic_plan`).
     verbose : bool, default=True
         Print a one-line summary (what ran, how long, how to speed it up) to
         stderr when selection or :meth:`fit` takes more than
@@ -364,6 +367,7 @@ class DenseSubnetLaplace(
             dict_key_x=self.dict_key_x,
             backend_jacobians=self._backend_jacobians,
             verify=self.verify_jacobians,
+            block_bytes=self.predictive_block_bytes,
         )
         self._init_H()
         self._apply_prior()

@@ -67,8 +67,9 @@ __all__ = ["SubnetJacobians", "JACOBIAN_METHODS"]
 JACOBIAN_METHODS = ("auto", "functional", "backend")
 logger = logging.getLogger(__name__)
 
-#: default memory bound of one generic-path (``torch.func``) call: 256 MiB
-GENERIC_BLOCK_BYTES = 2**28
+#: default memory bound of one block of Jacobians (the predictive's blocks, one
+#: generic-path call, the blocked diagonal's weight blocks): 256 MiB
+BLOCK_BYTES = 2**28
 #: elements of one (b, chunk, t) product; bounds the fast path's scratch memory
 CHUNK_ELEMENTS = 2**24
 #: a weight use's selected entries are formed as a dense block (one batched
@@ -124,7 +125,7 @@ class SubnetJacobians:
         generic_chunk_size: int | None = None,
         backend_jacobians: Callable | None = None,
         verify: bool = True,
-        block_bytes: int = GENERIC_BLOCK_BYTES,
+        block_bytes: int = BLOCK_BYTES,
     ) -> None:
         if method not in JACOBIAN_METHODS:
             raise ValueError(

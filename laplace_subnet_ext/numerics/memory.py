@@ -53,11 +53,14 @@ __all__ = [
 #: 0.125 S x S beside H during fit (within the two-matrix plan), freed when fit ends.
 DATA_SPECTRUM_RANK_DIVISOR = 8
 
+#: The largest S of the small-S plan; above it the large-S plan: float32 curvature
+#: and the large-S (SLQ) marginal likelihood, each by default
+LARGE_S = 10_000
 #: Curvature dtype of a float32 / half-precision model when ``curvature_dtype`` is
 #: None: float64 up to this S (round-off in a float32 H + small prior is not
-#: positive definite, README "Float32 / float64"; the plan's two float64 matrices
-#: take 1.6 GB at this S), float32 above it (the large-S plan).
-FLOAT64_CURVATURE_MAX_S = 10_000
+#: positive definite, docs "float32, bfloat16 and float16"; the plan's two float64
+#: matrices take 1.6 GB at this S), float32 above it (the large-S plan).
+FLOAT64_CURVATURE_MAX_S = LARGE_S
 
 #: S x S matrices held by the curvature itself
 CURVATURE_MATRICES = 1

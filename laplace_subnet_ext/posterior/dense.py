@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from laplace_subnet_ext._compat import init_parametric
 from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
 from laplace_subnet_ext.jacobians.batching import to_device
+from laplace_subnet_ext.jacobians.engine import BLOCK_BYTES
 from laplace_subnet_ext.numerics import curvature as _curvature
 from laplace_subnet_ext.numerics.curvature import (
     add_batch_curvature,
@@ -196,7 +197,7 @@ class DenseSubnetLaplace(
         curvature_dtype: torch.dtype | None = None,
         marglik_method: str = "auto",
         memory_budget: int | str | None = None,
-        predictive_block_bytes: int = 2**28,
+        predictive_block_bytes: int = BLOCK_BYTES,
         verbose: bool = True,
     ) -> None:
         if likelihood not in LIKELIHOODS:

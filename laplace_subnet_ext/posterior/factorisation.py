@@ -26,6 +26,7 @@ from math import log, pi
 
 import torch
 
+from laplace_subnet_ext.numerics.memory import LARGE_S
 from laplace_subnet_ext.posterior.precision import DensePrecision
 
 __all__ = ["FactorisationMixin", "EXACT_MARGLIK_MAX_S"]
@@ -35,7 +36,7 @@ logger = logging.getLogger("laplace_subnet_ext")
 #: largest S whose scalar-prior marginal likelihood uses exact eigenvalues under
 #: ``marglik_method="auto"`` (``eigvalsh`` is O(S^3) and memory-bound: about a
 #: minute at S = 10,000 on 2 cores, hours at 40,000)
-EXACT_MARGLIK_MAX_S = 10_000
+EXACT_MARGLIK_MAX_S = LARGE_S
 
 
 class FactorisationMixin:

@@ -98,6 +98,11 @@ class _CholeskyLogDet(torch.autograd.Function):
         return g_prior, g_h.to(h.dtype), None
 
 
+#: bytes of one float64 block of columns when the data-space Gram matrix R R^T is
+#: accumulated (32 MiB)
+GRAM_BLOCK_BYTES = 2**25
+
+
 class DensePrecision:
     r"""The posterior precision :math:`P = hH + \operatorname{diag}(p)` of S weights.
 
@@ -243,7 +248,7 @@ class DensePrecision:
                 f"{tuple(rows.shape)}."
             )
         K = torch.zeros(r, r, dtype=torch.float64, device=rows.device)
-        step = max(1, 2**25 // (8 * max(r, 1)))  # 32 MiB float64 column blocks
+        step = max(1, GRAM_BLOCK_BYTES // (8 * max(r, 1)))  # float64 column blocks
         for j in range(0, s, step):
             blk = rows[:, j : j + step].to(torch.float64)
             K.addmm_(blk, blk.T)

@@ -23,6 +23,9 @@ from laplace_subnet_ext.prior.spec import as_prior_tensor
 
 __all__ = ["PriorTuningMixin"]
 
+#: a grid-searched prior within this factor of the grid's end is "on the edge"
+GRID_EDGE = 1.0001
+
 
 class PriorTuningMixin:
     """``optimize_prior_precision`` for scalar, layer-wise and diagonal priors."""
@@ -98,7 +101,7 @@ class PriorTuningMixin:
             lo = base ** kwargs.get("log_prior_prec_min", -4)
             hi = base ** kwargs.get("log_prior_prec_max", 4)
             value = float(self.prior_precision.max())
-            if not lo * 1.0001 < value < hi / 1.0001:
+            if not lo * GRID_EDGE < value < hi / GRID_EDGE:
                 warnings.warn(
                     f"the tuned prior precision {value:.3g} lies on the edge of the "
                     f"search grid [{lo:.3g}, {hi:.3g}]; widen log_prior_prec_min/max.",

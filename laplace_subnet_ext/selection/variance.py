@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
 from laplace_subnet_ext.jacobians.batching import batch_size, split_batch
+from laplace_subnet_ext.jacobians.engine import BLOCK_BYTES
 from laplace_subnet_ext.numerics.curvature import output_curvature, output_hessian
 
 __all__ = [
@@ -116,7 +117,7 @@ def blocked_diag_curvature(
     likelihood: str,
     train_loader: DataLoader,
     kind: str = "ggn",
-    block_bytes: int = 2**28,
+    block_bytes: int = BLOCK_BYTES,
     dict_key_x: str = "input_ids",
     dict_key_y: str = "labels",
 ) -> torch.Tensor:

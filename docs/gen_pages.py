@@ -156,6 +156,44 @@ def prior_tradeoff() -> str:
     return "\n".join(lines)
 
 
+def greedy_blocked() -> str:
+    """Exact vs blocked Greedy-Laplace on the selection study's models."""
+    path = ROOT / "benchmarks" / "results" / "greedy_blocked.json"
+    rows = json.loads(path.read_text())["models"]
+    pairs: dict[tuple, dict] = {}
+    for r in rows:
+        kind = "exact" if r["strategy"].startswith("exact") else "blocked"
+        pairs.setdefault((r["model"], r["D"], r["S"]), {})[kind] = r
+    lines = [
+        "| model (D) | S | share, exact | share, blocked | difference | seconds, "
+        "exact | seconds, blocked |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (model, D, S), v in pairs.items():
+        e, b = v["exact"], v["blocked"]
+        lines.append(
+            f"| {model} ({D}) | {S} | {e['share']:.3f} | {b['share']:.3f} | "
+            f"{b['share'] - e['share']:+.3f} | {e['seconds']:.2f} | {b['seconds']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def greedy_synthetic() -> str:
+    """greedy_schur alone on random Jacobians, exact and blocked alternated."""
+    path = ROOT / "benchmarks" / "results" / "greedy_blocked.json"
+    rows = json.loads(path.read_text()).get("synthetic", [])
+    lines = [
+        "| S | pool C | rows | block | seconds | captured (sum of gains) | peak RSS GB |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['S']:,} | {r['C']:,} | {r['rows']:,} | {r['block']} | "
+            f"{r['seconds']:.1f} | {r['captured']:.6g} | {r['peak_rss_gb']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def _report(fn: str, *args: str) -> Callable[[], str]:
     def build() -> str:
         return getattr(_module("examples/report.py", "examples_report"), fn)(*args)
@@ -173,6 +211,8 @@ def _bench(fn: str, names: list[str]) -> Callable[[], str]:
 #: marker name -> table builder
 TABLES: dict[str, Callable[[], str]] = {
     "rotated_mnist": rotated_mnist,
+    "greedy_blocked": greedy_blocked,
+    "greedy_synthetic": greedy_synthetic,
     "transformer_lora": transformer_lora,
     "bayesian_lora_text": bayesian_lora_text,
     "prior_tradeoff": prior_tradeoff,

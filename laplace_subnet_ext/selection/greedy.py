@@ -142,7 +142,7 @@ def greedy_schur(
     inv_s2 = 1.0 / sigma_noise**2
     schur = (Jf * LJ).sum(0) * inv_s2 + prior_precision  # diag P over the pool
     R = (Jf if E is None else E.reshape(-1, q)).clone()  # residual output gradients
-    rnorm = R.pow(2).sum(0)  # ||R_q||^2
+    rnorm = torch.linalg.vector_norm(R, dim=0).pow(2)  # ||R_q||^2, no temporary
     W = torch.zeros(n_select, q, dtype=J.dtype, device=J.device)  # Cholesky rows
     taken = torch.zeros(q, dtype=torch.bool, device=J.device)
     order = torch.empty(n_select, dtype=torch.long)
@@ -194,7 +194,7 @@ def greedy_schur(
         WB = torch.linalg.solve_triangular(LB, M, upper=False)
         U = torch.linalg.solve_triangular(LB, R[:, B].T, upper=False).T
         R.addmm_(U, WB, alpha=-1)
-        rnorm = R.pow(2).sum(0)
+        rnorm = torch.linalg.vector_norm(R, dim=0).pow(2)  # no (rows, q) temporary
         schur -= WB.pow(2).sum(0)
         W[k : k + bb] = WB
         taken[B] = True

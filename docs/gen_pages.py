@@ -194,6 +194,21 @@ def greedy_synthetic() -> str:
     return "\n".join(lines)
 
 
+def inbetween() -> str:
+    """Captured share overall and per region of the toy's test grid."""
+    res = json.loads((ROOT / "benchmarks" / "results" / "inbetween.json").read_text())
+    lines = [
+        "| strategy | S | all | between | beyond | near |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["rows"]:
+        lines.append(
+            f"| {r['strategy']} | {r['S']} | {r['share']:.3f} | "
+            f"{r['share_between']:.3f} | {r['share_beyond']:.3f} | {r['share_near']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def _report(fn: str, *args: str) -> Callable[[], str]:
     def build() -> str:
         return getattr(_module("examples/report.py", "examples_report"), fn)(*args)
@@ -212,6 +227,7 @@ def _bench(fn: str, names: list[str]) -> Callable[[], str]:
 TABLES: dict[str, Callable[[], str]] = {
     "rotated_mnist": rotated_mnist,
     "greedy_blocked": greedy_blocked,
+    "inbetween": inbetween,
     "greedy_synthetic": greedy_synthetic,
     "transformer_lora": transformer_lora,
     "bayesian_lora_text": bayesian_lora_text,

@@ -305,6 +305,43 @@ def test_block_one_is_brute_force_greedy_and_blocks_keep_the_objective():
     assert F(blocked) >= 0.98 * F(chosen)  # lazy blocks: close, not identical
 
 
+def test_augmented_eval_inputs_are_the_explicit_ones_and_exact():
+    """eval_inputs="augmented" counts the variance at the training inputs plus
+    interpolations and perturbations of them: the same choice and gains as
+    passing those inputs, and the gains are the brute-force increments of F."""
+    from laplace_subnet_ext.selection.greedy import augmented_inputs
+
+    model, dl, X = _problem("regression", seed=7)
+    kw = dict(likelihood="regression", prior_precision=0.5, candidates=1000)
+    aug = selection.get("greedy_laplace")(model, 6, eval_inputs="augmented", **kw)
+    aug.select(dl)
+    batches = [b[0] for b in dl]
+    inputs = augmented_inputs(batches, 1024)
+    assert [len(t) for t in inputs] == [30, 30, 30]
+    assert torch.equal(inputs[0], X)
+    lo, hi = X.min(0).values, X.max(0).values  # interpolations stay in the box
+    assert bool(((inputs[1] >= lo - 1e-12) & (inputs[1] <= hi + 1e-12)).all())
+    explicit = selection.get("greedy_laplace")(
+        model, 6, eval_inputs=torch.cat(inputs), **kw
+    )
+    explicit.select(dl)
+    assert torch.equal(aug.order, explicit.order)
+    assert_close(aug.gains, explicit.gains, 1e-12, "same objective")
+    ref = FullNetworkReference(
+        model, "regression", dl, torch.cat(inputs), prior_precision=0.5
+    )
+    P, E = ref.precision(), ref.J
+    F = [0.0] + [
+        float(_cov(E, P, aug.order[: k + 1]).diagonal(0, -2, -1).sum())
+        for k in range(6)
+    ]
+    assert_close(aug.gains, torch.tensor(F).diff(), 1e-8, "brute-force increments")
+    with pytest.raises(ValueError, match="eval_inputs must be inputs or 'augmented'"):
+        selection.get("greedy_laplace")(model, 6, eval_inputs="mixup", **kw)
+    with pytest.raises(TypeError, match="floating-point tensor inputs"):
+        augmented_inputs([torch.arange(6).reshape(3, 2)], 10)
+
+
 def test_greedy_block_rule(monkeypatch, caplog):
     from laplace_subnet_ext.selection import greedy
 

@@ -58,6 +58,8 @@ __all__ = [
     "GREEDY_BLOCK",
     "GREEDY_SHORTLIST",
     "EXACT_GREEDY_WORK",
+    "augmented_inputs",
+    "AUGMENT_NOISE",
 ]
 
 logger = logging.getLogger("laplace_subnet_ext")
@@ -204,6 +206,35 @@ def greedy_schur(
     return order, gains
 
 
+#: ``eval_inputs="augmented"``: Gaussian perturbations of the training inputs with
+#: this multiple of each input feature's standard deviation
+AUGMENT_NOISE = 0.5
+
+
+def augmented_inputs(batches: list, max_data: int, seed: int = 0) -> list:
+    r"""The training inputs, as many convex combinations of random pairs of them
+    (:math:`\alpha x_i + (1 - \alpha) x_j`, :math:`\alpha \sim U(0, 1)`: the
+    region between the data) and as many Gaussian perturbations (standard
+    deviation :data:`AUGMENT_NOISE` times each feature's): three batches of at
+    most ``max_data`` inputs. Floating-point tensor inputs only."""
+    if not all(torch.is_tensor(X) and X.is_floating_point() for X in batches):
+        raise TypeError(
+            "eval_inputs='augmented' needs floating-point tensor inputs (it "
+            "interpolates and perturbs them); pass eval_inputs=<your inputs> for "
+            "token ids or dict batches."
+        )
+    X = torch.cat(batches)[:max_data]
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    n = len(X)
+    i, j = torch.randint(n, (2, n), generator=g)
+    alpha = torch.rand(n, *[1] * (X.ndim - 1), generator=g).to(X)
+    between = alpha * X[i] + (1 - alpha) * X[j]
+    std = X.std(0, keepdim=True) if n > 1 else torch.ones_like(X[:1])
+    noise = torch.randn(X.shape, generator=g).to(X)
+    around = X + AUGMENT_NOISE * std * noise
+    return [X, between, around]
+
+
 @register("greedy_laplace")
 class GreedyLaplaceMask(TrainableSubnetMask):
     r"""Greedy-Laplace: greedily maximise the captured predictive variance (module
@@ -232,11 +263,13 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         :math:`\mathbf 1` does not change a softmax prediction and has no
         curvature (the prior alone sets it), so without centring the greedy
         choice chases weights that move all logits together.
-    eval_inputs : tensor, dict or iterable of batches, optional
+    eval_inputs : tensor, dict, iterable of batches, or "augmented", optional
         Where the captured variance is counted (default: the training inputs).
         Pass unlabelled inputs from where predictions will be made (e.g. a wider
         input range, or the deployment distribution) to target them; the
-        curvature still comes from the training data.
+        curvature still comes from the training data. ``"augmented"``: the
+        training inputs plus interpolations between and perturbations around
+        them (:func:`augmented_inputs`; three times the evaluation Jacobians).
     memory_budget : int or str, optional
         For ``n_params_subnet="auto"``.
     progress_bar : bool, default=False
@@ -282,6 +315,10 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         )
         if not candidates >= 1:
             raise ValueError(f"candidates must be >= 1; got {candidates}.")
+        if isinstance(eval_inputs, str) and eval_inputs != "augmented":
+            raise ValueError(
+                f"eval_inputs must be inputs or 'augmented'; got {eval_inputs!r}."
+            )
         if not (isinstance(max_data, int) and max_data >= 1):
             raise ValueError(f"max_data must be a positive int; got {max_data!r}.")
         self.likelihood = likelihood
@@ -357,12 +394,12 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         sigma = self.sigma_noise * (len(J) / max(N, len(J))) ** 0.5
         E = J
         if self.eval_inputs is not None:
-            E = torch.cat(
-                [
-                    jac(X)[0].double()
-                    for X in iter_inputs(self.eval_inputs, self.dict_key_y)
-                ]
+            evals = (
+                augmented_inputs(self._inputs(train_loader), self.max_data)
+                if isinstance(self.eval_inputs, str)
+                else iter_inputs(self.eval_inputs, self.dict_key_y)
             )
+            E = torch.cat([jac(X)[0].double() for X in evals])
         if self.center_logits and self.likelihood != "regression":
             E = E - E.mean(1, keepdim=True)
         self.block_used = self._block(S, J.shape[0] * J.shape[1], C)

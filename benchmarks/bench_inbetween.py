@@ -1,14 +1,22 @@
 """In-between uncertainty (issue 40): what each strategy keeps between and beyond
-the data, on the selection study's toy regression (two clusters, x in
-[-2.3, -1.0] and [1.0, 2.3], a 2x50 ReLU MLP, D = 2,701; test grid [-4, 4]).
+the data, against the exact full-network Laplace (its marginal-likelihood prior).
 
-Regions of the test grid, fixed before any strategy was tuned: ``between`` the
-clusters (|x| < 1), ``beyond`` them (|x| > 2.3), ``near`` (the rest, inside the
-clusters' range). Strategies: the default (greedy on the training inputs),
-greedy with ``eval_inputs="augmented"`` (training inputs plus interpolations
-between and perturbations around them), OBD, magnitude, Gradient-Laplace,
-random; S = 1 %, 3 %, 10 % of D. Reference: the exact full-network Laplace at
-its marginal-likelihood prior (``diagnostics.FullNetworkReference``).
+Problems and regions, fixed before any strategy was run (the reason for each):
+
+* ``toy, gap 2``: the selection study's toy (clusters x in [-2.3, -1] and
+  [1, 2.3], 2x50 ReLU MLP); grid [-4, 4]: the paper's Fig. 2 setting;
+* ``toy, gap 4.6``: clusters [-3, -2.3] and [2.3, 3], a wider gap; grid [-5, 5];
+* ``toy, 3 clusters``: [-3, -2], [-0.5, 0.5], [2, 3]: two gaps; grid [-4.5, 4.5];
+* ``2-D, two blobs``: Gaussian blobs at (-2, 0) and (2, 0); a 20 x 20 grid on
+  [-4, 4]^2: a gap in two dimensions;
+* ``digits MLP, rotated``: the selection study's digits MLP; 100 test digits
+  rotated by 30 degrees (the shift a deployed classifier meets).
+
+Regression regions: ``between`` (inside the convex hull of the clusters, away
+from them), ``beyond`` (outside it), ``near`` (within the clusters' ranges). Shares
+of the whole grid in ``all``. Strategies: the default (greedy on the training
+inputs), greedy with ``eval_inputs="augmented"``, OBD, magnitude,
+Gradient-Laplace, Wasserstein, random; S = 1 %, 3 %, 10 % of D.
 
     python benchmarks/bench_inbetween.py
 
@@ -18,8 +26,14 @@ Writes benchmarks/results/inbetween.json.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -37,40 +51,114 @@ STRATEGIES = {
     "obd": "obd",
     "magnitude": "magnitude",
     "gradient_laplace": "gradient_laplace",
+    "wasserstein": "wasserstein",
     "random": "random",
 }
 KWARGS = {"greedy, augmented eval": {"eval_inputs": "augmented"}}
 
 
-def main() -> None:
+def _mlp(d_in: int, width: int = 50) -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(d_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+        nn.Linear(width, 1),
+    )  # fmt: skip
+
+
+def _regression(x: torch.Tensor, test: torch.Tensor, seed: int = 0):
     import selection_study as study
 
-    model, lik, loader, test, sigma, _ = study.toy_problem(0, False)
+    g = torch.Generator().manual_seed(seed + 1)
+    f = torch.sin(2.5 * x[:, :1]) + 0.3 * x.sum(-1, keepdim=True)
+    y = f + 0.1 * torch.randn(f.shape, generator=g)
+    torch.manual_seed(seed)
+    loader = DataLoader(TensorDataset(x, y), batch_size=len(x))
+    model = study._train(
+        _mlp(x.shape[1]), loader, "regression", 3000, 3.0, len(x), 1e-2
+    )
+    with torch.no_grad():
+        sigma = (model(x) - y).pow(2).mean().sqrt().item()
+    return model, "regression", loader, test, sigma
+
+
+def _intervals(spans, n_per: int = 60, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat(
+        [torch.rand(n_per, 1, generator=g) * (b - a) + a for a, b in spans]
+    )
+
+
+def _regions_1d(test: torch.Tensor, spans) -> dict[str, torch.Tensor]:
     x = test[:, 0]
-    regions = {"between": x.abs() < 1.0, "beyond": x.abs() > 2.3}
-    regions["near"] = ~(regions["between"] | regions["beyond"])
-    ref = FullNetworkReference(
-        model, lik, loader, test, prior_precision="marglik", sigma_noise=sigma
+    near = torch.zeros_like(x, dtype=torch.bool)
+    for a, b in spans:
+        near |= (x >= a) & (x <= b)
+    lo, hi = spans[0][0], spans[-1][1]
+    beyond = (x < lo) | (x > hi)
+    return {"between": ~near & ~beyond, "beyond": beyond, "near": near}
+
+
+def problems() -> dict:
+    out = {}
+    for name, spans, half in [
+        ("toy, gap 2", [(-2.3, -1.0), (1.0, 2.3)], 4.0),
+        ("toy, gap 4.6", [(-3.0, -2.3), (2.3, 3.0)], 5.0),
+        ("toy, 3 clusters", [(-3.0, -2.0), (-0.5, 0.5), (2.0, 3.0)], 4.5),
+    ]:
+        test = torch.linspace(-half, half, 200).unsqueeze(-1)
+        out[name] = (*_regression(_intervals(spans), test), _regions_1d(test, spans))
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[-2.0, 0.0], [2.0, 0.0]])
+    x = torch.cat([c + 0.5 * torch.randn(60, 2, generator=g) for c in centres])
+    u = torch.linspace(-4, 4, 20)
+    test = torch.cartesian_prod(u, u)
+    dist = torch.cdist(test, centres).min(-1).values
+    regions = {
+        "near": dist <= 1.0,
+        "between": (dist > 1.0) & (test[:, 0].abs() < 2.0) & (test[:, 1].abs() < 1.5),
+    }
+    regions["beyond"] = ~(regions["near"] | regions["between"])
+    out["2-D, two blobs"] = (*_regression(x, test), regions)
+    out["digits MLP, rotated 30°"] = _digits_rotated()
+    return out
+
+
+def _digits_rotated():
+    import selection_study as study
+
+    model, lik, loader, test, sigma, _ = study.digits_mlp(0, False)
+    t = math.radians(30)
+    theta = torch.tensor(
+        [[math.cos(t), -math.sin(t), 0.0], [math.sin(t), math.cos(t), 0.0]]
     )
-    D = ref.H.shape[0]
-    rows = selection_quality(
-        model, lik, loader, test, reference=ref, strategies=STRATEGIES,
-        strategy_kwargs=KWARGS, sizes=[0.01, 0.03, 0.1], regions=regions,
-    )  # fmt: skip
-    keys = ("share", "share_between", "share_beyond", "share_near", "seconds")
-    out = [
-        {"strategy": r["strategy"], "S": r["S"], **{k: r[k] for k in keys}}
-        for r in rows
-    ]
-    for r in out:
-        print(
-            f"{r['strategy']:24s} S={r['S']:4d} all {r['share']:.3f} between "
-            f"{r['share_between']:.3f} beyond {r['share_beyond']:.3f} near "
-            f"{r['share_near']:.3f} ({r['seconds']:.2f} s)"
+    imgs = test[:100].reshape(-1, 1, 8, 8)
+    grid = F.affine_grid(
+        theta.expand(len(imgs), 2, 3), list(imgs.shape), align_corners=False
+    )
+    rotated = F.grid_sample(imgs, grid, align_corners=False).reshape(-1, 64)
+    both = torch.cat([test[:100], rotated])
+    regions = {"clean": torch.arange(200) < 100, "rotated": torch.arange(200) >= 100}
+    return model, lik, loader, both, sigma, regions
+
+
+def main() -> None:
+    rows = []
+    for name, (model, lik, loader, test, sigma, regions) in problems().items():
+        ref = FullNetworkReference(
+            model, lik, loader, test, prior_precision="marglik", sigma_noise=sigma
         )
-    OUT.write_text(
-        json.dumps({"D": D, "prior": ref.prior_precision, "rows": out}, indent=1)
-    )
+        res = selection_quality(
+            model, lik, loader, test, reference=ref, strategies=STRATEGIES,
+            strategy_kwargs=KWARGS, sizes=[0.01, 0.03, 0.1], regions=regions,
+        )  # fmt: skip
+        for r in res:
+            share = r["share_centered"] if lik == "classification" else r["share"]
+            row = {"problem": name, "D": ref.H.shape[0], "strategy": r["strategy"],
+                   "S": r["S"], "all": share, "seconds": r["seconds"],
+                   **{k[6:]: v for k, v in r.items() if k.startswith("share_")
+                      and k != "share_centered"}}  # fmt: skip
+            print(row, flush=True)
+            rows.append(row)
+        OUT.write_text(json.dumps({"rows": rows}, indent=1))
     print(f"wrote {OUT}")
 
 

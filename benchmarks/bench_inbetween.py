@@ -18,7 +18,13 @@ of the whole grid in ``all``. Strategies: the default (greedy on the training
 inputs), greedy with ``eval_inputs="augmented"``, OBD, magnitude,
 Gradient-Laplace, Wasserstein, random; S = 1 %, 3 %, 10 % of D.
 
-    python benchmarks/bench_inbetween.py
+    python benchmarks/bench_inbetween.py            # the problems above
+    python benchmarks/bench_inbetween.py --study    # the selection study's models
+
+``--study``: the default against ``eval_inputs="augmented"`` on the selection
+study's models with float inputs (toy, digits MLP, CNN, transformer; BERT + LoRA
+takes token ids, which cannot be interpolated), at the study's sizes and on its
+test inputs: whether the augmented objective keeps the study's shares.
 
 Writes benchmarks/results/inbetween.json.
 """
@@ -140,7 +146,43 @@ def _digits_rotated():
     return model, lik, loader, both, sigma, regions
 
 
+def study_rows() -> list[dict]:
+    import selection_study as study
+
+    rows = []
+    for name in [
+        "toy regression MLP",
+        "digits MLP",
+        "digits CNN",
+        "digits transformer",
+    ]:
+        model, lik, loader, test, sigma, _ = study.MODELS[name](0, False)
+        ref = FullNetworkReference(
+            model, lik, loader, test, prior_precision="marglik", sigma_noise=sigma
+        )
+        D = ref.H.shape[0]
+        sizes = sorted({max(1, round(f * D)) for f in study.FRACTIONS})
+        labels = ["greedy (default)", "greedy, augmented eval"]
+        res = selection_quality(
+            model, lik, loader, test, reference=ref, sizes=sizes,
+            strategies={k: STRATEGIES[k] for k in labels}, strategy_kwargs=KWARGS,
+        )  # fmt: skip
+        for r in res:
+            share = r["share_centered"] if lik == "classification" else r["share"]
+            row = {"model": name, "D": D, "strategy": r["strategy"], "S": r["S"],
+                   "share": share, "seconds": r["seconds"]}  # fmt: skip
+            print(row, flush=True)
+            rows.append(row)
+    return rows
+
+
 def main() -> None:
+    if "--study" in sys.argv:
+        res = json.loads(OUT.read_text()) if OUT.exists() else {}
+        res["study"] = study_rows()
+        OUT.write_text(json.dumps(res, indent=1))
+        print(f"wrote {OUT}")
+        return
     rows = []
     for name, (model, lik, loader, test, sigma, regions) in problems().items():
         ref = FullNetworkReference(
@@ -158,7 +200,9 @@ def main() -> None:
                       and k != "share_centered"}}  # fmt: skip
             print(row, flush=True)
             rows.append(row)
-        OUT.write_text(json.dumps({"rows": rows}, indent=1))
+        res = json.loads(OUT.read_text()) if OUT.exists() else {}
+        res["rows"] = rows
+        OUT.write_text(json.dumps(res, indent=1))
     print(f"wrote {OUT}")
 
 

@@ -237,6 +237,24 @@ def inbetween_verdict() -> str:
     return "\n".join(lines)
 
 
+def inbetween_study() -> str:
+    """Default vs augmented greedy on the selection study's models (its test
+    inputs and sizes)."""
+    res = json.loads((ROOT / "benchmarks" / "results" / "inbetween.json").read_text())
+    pairs: dict[tuple, dict] = {}
+    for r in res.get("study", []):
+        pairs.setdefault((r["model"], r["D"], r["S"]), {})[r["strategy"]] = r
+    lines = [
+        "| model (D) | S | share, default | share, augmented | difference |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for (model, D, S), v in pairs.items():
+        a = v["greedy (default)"]["share"]
+        b = v["greedy, augmented eval"]["share"]
+        lines.append(f"| {model} ({D}) | {S} | {a:.3f} | {b:.3f} | {b - a:+.3f} |")
+    return "\n".join(lines)
+
+
 _INBETWEEN_FIXED = {"problem", "D", "strategy", "S", "all", "seconds"}
 
 
@@ -260,6 +278,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "greedy_blocked": greedy_blocked,
     "inbetween": inbetween,
     "inbetween_verdict": inbetween_verdict,
+    "inbetween_study": inbetween_study,
     "greedy_synthetic": greedy_synthetic,
     "transformer_lora": transformer_lora,
     "bayesian_lora_text": bayesian_lora_text,

@@ -39,27 +39,29 @@ from laplace_subnet_ext.selection.greedy import GREEDY_BLOCK, greedy_schur  # no
 OUT = ROOT / "benchmarks" / "results" / "greedy_blocked.json"
 
 
-def models(names: list[str] | None) -> list[dict]:
+def study_greedy(
+    names: list[str], variants: dict[str, dict], last_layer_size: bool = True
+) -> list[dict]:
+    """Greedy-Laplace variants (label -> mask keywords) on the selection study's
+    models, at its sizes (and the last layer's), against its exact reference:
+    one row per (model, variant, S) with the captured share and seconds."""
     import selection_study as study
 
     rows = []
-    for name in names or list(study.MODELS):
+    for name in names:
         model, lik, loader, test, sigma, head = study.MODELS[name](0, False)
         ref = FullNetworkReference(
             model, lik, loader, test, prior_precision="marglik", sigma_noise=sigma
         )
         D = ref.H.shape[0]
-        _, S_ll = study.last_layer_mask(model, head)
-        sizes = sorted({max(1, round(f * D)) for f in study.FRACTIONS} | {S_ll})
-        variants = {
-            "exact (block 1)": 1,
-            f"blocked (block {GREEDY_BLOCK})": GREEDY_BLOCK,
-        }
+        sizes = {max(1, round(f * D)) for f in study.FRACTIONS}
+        if last_layer_size:
+            sizes.add(study.last_layer_mask(model, head)[1])
         res = selection_quality(
             model, lik, loader, test, reference=ref,
-            sizes=[s for s in sizes if s < D],
+            sizes=[s for s in sorted(sizes) if s < D],
             strategies=dict.fromkeys(variants, "greedy_laplace"),
-            strategy_kwargs={k: {"block": b} for k, b in variants.items()},
+            strategy_kwargs=variants,
         )  # fmt: skip
         for r in res:
             share = r["share_centered"] if lik == "classification" else r["share"]
@@ -68,6 +70,16 @@ def models(names: list[str] | None) -> list[dict]:
             print(row, flush=True)
             rows.append(row)
     return rows
+
+
+def models(names: list[str] | None) -> list[dict]:
+    import selection_study as study
+
+    variants = {
+        "exact (block 1)": {"block": 1},
+        f"blocked (block {GREEDY_BLOCK})": {"block": GREEDY_BLOCK},
+    }
+    return study_greedy(names or list(study.MODELS), variants)
 
 
 def synthetic(sizes: list[int], rows_: int, large: bool) -> list[dict]:

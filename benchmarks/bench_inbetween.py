@@ -147,33 +147,14 @@ def _digits_rotated():
 
 
 def study_rows() -> list[dict]:
-    import selection_study as study
+    from bench_greedy import study_greedy
 
-    rows = []
-    for name in [
-        "toy regression MLP",
-        "digits MLP",
-        "digits CNN",
-        "digits transformer",
-    ]:
-        model, lik, loader, test, sigma, _ = study.MODELS[name](0, False)
-        ref = FullNetworkReference(
-            model, lik, loader, test, prior_precision="marglik", sigma_noise=sigma
-        )
-        D = ref.H.shape[0]
-        sizes = sorted({max(1, round(f * D)) for f in study.FRACTIONS})
-        labels = ["greedy (default)", "greedy, augmented eval"]
-        res = selection_quality(
-            model, lik, loader, test, reference=ref, sizes=sizes,
-            strategies={k: STRATEGIES[k] for k in labels}, strategy_kwargs=KWARGS,
-        )  # fmt: skip
-        for r in res:
-            share = r["share_centered"] if lik == "classification" else r["share"]
-            row = {"model": name, "D": D, "strategy": r["strategy"], "S": r["S"],
-                   "share": share, "seconds": r["seconds"]}  # fmt: skip
-            print(row, flush=True)
-            rows.append(row)
-    return rows
+    labels = ["greedy (default)", "greedy, augmented eval"]
+    return study_greedy(
+        ["toy regression MLP", "digits MLP", "digits CNN", "digits transformer"],
+        {k: KWARGS.get(k, {}) for k in labels},
+        last_layer_size=False,
+    )
 
 
 def main() -> None:

@@ -156,26 +156,34 @@ def prior_tradeoff() -> str:
     return "\n".join(lines)
 
 
+def _paired(rows: list[dict], a: str, b: str, names: tuple[str, str]) -> str:
+    """Two Greedy-Laplace variants (strategy labels ``a``, ``b``) side by side per
+    (model, S) of ``study_greedy`` rows: shares, their difference, seconds."""
+    pairs: dict[tuple, dict] = {}
+    for r in rows:
+        pairs.setdefault((r["model"], r["D"], r["S"]), {})[r["strategy"]] = r
+    x, y = names
+    lines = [
+        f"| model (D) | S | share, {x} | share, {y} | difference | seconds, {x} "
+        f"| seconds, {y} |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (model, D, S), v in pairs.items():
+        ra, rb = v[a], v[b]
+        lines.append(
+            f"| {model} ({D}) | {S} | {ra['share']:.3f} | {rb['share']:.3f} | "
+            f"{rb['share'] - ra['share']:+.3f} | {ra['seconds']:.2f} | "
+            f"{rb['seconds']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def greedy_blocked() -> str:
     """Exact vs blocked Greedy-Laplace on the selection study's models."""
     path = ROOT / "benchmarks" / "results" / "greedy_blocked.json"
     rows = json.loads(path.read_text())["models"]
-    pairs: dict[tuple, dict] = {}
-    for r in rows:
-        kind = "exact" if r["strategy"].startswith("exact") else "blocked"
-        pairs.setdefault((r["model"], r["D"], r["S"]), {})[kind] = r
-    lines = [
-        "| model (D) | S | share, exact | share, blocked | difference | seconds, "
-        "exact | seconds, blocked |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for (model, D, S), v in pairs.items():
-        e, b = v["exact"], v["blocked"]
-        lines.append(
-            f"| {model} ({D}) | {S} | {e['share']:.3f} | {b['share']:.3f} | "
-            f"{b['share'] - e['share']:+.3f} | {e['seconds']:.2f} | {b['seconds']:.2f} |"
-        )
-    return "\n".join(lines)
+    labels = list(dict.fromkeys(r["strategy"] for r in rows))  # exact, blocked
+    return _paired(rows, labels[0], labels[1], ("exact", "blocked"))
 
 
 def greedy_synthetic() -> str:
@@ -241,18 +249,12 @@ def inbetween_study() -> str:
     """Default vs augmented greedy on the selection study's models (its test
     inputs and sizes)."""
     res = json.loads((ROOT / "benchmarks" / "results" / "inbetween.json").read_text())
-    pairs: dict[tuple, dict] = {}
-    for r in res.get("study", []):
-        pairs.setdefault((r["model"], r["D"], r["S"]), {})[r["strategy"]] = r
-    lines = [
-        "| model (D) | S | share, default | share, augmented | difference |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for (model, D, S), v in pairs.items():
-        a = v["greedy (default)"]["share"]
-        b = v["greedy, augmented eval"]["share"]
-        lines.append(f"| {model} ({D}) | {S} | {a:.3f} | {b:.3f} | {b - a:+.3f} |")
-    return "\n".join(lines)
+    return _paired(
+        res.get("study", []),
+        "greedy (default)",
+        "greedy, augmented eval",
+        ("default", "augmented"),
+    )
 
 
 _INBETWEEN_FIXED = {"problem", "D", "strategy", "S", "all", "seconds"}

@@ -52,8 +52,19 @@ def test_chunked_generic_path_equals_the_unchunked_one(monkeypatch):
     wide, X = _fit(2**30)
     assert "pos" in wide.generic_reasons
     assert calls and all(m == 5 and k is None for m, k in calls)  # whole batches
+    # the activations are measured once per input shape, not per batch
+    measured = []
+    real_bytes = engine._activation_bytes
+    monkeypatch.setattr(
+        engine,
+        "_activation_bytes",
+        lambda m, x: measured.append(len(x)) or real_bytes(m, x),
+    )
     calls.clear()
-    tight, _ = _fit(2_000)  # below one input's activations: outputs chunked too
+    tight, _ = _fit(2_000)
+    assert (
+        measured == [2]
+    )  # two batches of one shape: one measurement  # below one input's activations: outputs chunked too
     assert calls and all(m == 1 and k is not None and k >= 1 for m, k in calls)
     assert_close(tight.H, wide.H, 1e-12, "H, chunked vs whole")
     reference, _ = _fit(2**30, method="functional")  # torch.func over every tensor

@@ -103,7 +103,12 @@ def test_region_shares_match_the_dense_reference(lik):
     sub, full = _cov(Jt, P, idx), _cov(Jt, P)
     tr = lambda A: A.diagonal(dim1=-2, dim2=-1).sum()  # noqa: E731
     far_mask = torch.arange(12) >= 5
-    res = ref.evaluate(idx, {"far": far_mask, "near": torch.arange(5)})
+    res = ref.evaluate(
+        idx, {"far": far_mask, "near": torch.arange(5), "first": torch.tensor([0])}
+    )
+    assert_close(
+        res.region_shares["first"], tr(sub[:1]) / tr(full[:1]), what="index 0 alone"
+    )
     assert_close(res.region_shares["far"], tr(sub[5:]) / tr(full[5:]), what="far")
     assert_close(res.region_shares["near"], tr(sub[:5]) / tr(full[:5]), what="near")
     assert all(0 < v <= 1 for v in res.region_shares.values())

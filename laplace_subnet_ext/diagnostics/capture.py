@@ -255,7 +255,7 @@ class FullNetworkReference:
                     f"regions[{name!r}] must be a boolean mask of the {n} test "
                     f"inputs or their indices; got shape {tuple(where.shape)}."
                 )
-            if where.numel() == 0 or not bool(where.any()):
+            if where.numel() == 0 or (where.dtype == torch.bool and not where.any()):
                 raise ValueError(f"regions[{name!r}] selects no test input.")
             res.region_shares[name] = float(
                 tr(sub[where]).sum() / tr(full[where]).sum()

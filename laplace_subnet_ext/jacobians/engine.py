@@ -139,6 +139,8 @@ class SubnetJacobians:
         self.dict_key_x = dict_key_x
         self.generic_chunk_size = generic_chunk_size
         self.block_bytes = int(block_bytes)
+        #: per-input signature -> (saved activation bytes per input, outputs)
+        self._activations: dict[tuple, tuple[int, int]] = {}
         self.backend_jacobians = backend_jacobians
         self.verify = bool(verify)
         #: names of the fast tensors already compared by the run-time check
@@ -347,9 +349,12 @@ class SubnetJacobians:
             return self.generic_chunk_size, None
         if self._whole_batch or self.autograd_reason is not None:
             return n, None
-        m = min(n, 2)  # two inputs: batch statistics need more than one
-        A, c = _activation_bytes(self.model, slice_batch(x, 0, m, n))
-        A //= m
+        key = _input_signature(x)
+        if key not in self._activations:  # measured once per input shape
+            m = min(n, 2)  # two inputs: batch statistics need more than one
+            A, c = _activation_bytes(self.model, slice_batch(x, 0, m, n))
+            self._activations[key] = (A // m, c)
+        A, c = self._activations[key]
         touched = sum(sel.param.numel() for sel in slow)
         result = c * touched * slow[0].param.element_size()
         per_input = (1 + c) * A + result
@@ -486,6 +491,14 @@ class _Blocked:
 def _split_cols(Js: torch.Tensor, selections: list[TensorSelection]) -> list:
     sizes = [sel.local.numel() for sel in selections]
     return list(torch.split(Js, sizes, dim=-1))
+
+
+def _input_signature(x) -> tuple:
+    """Shapes (batch dimension dropped) and dtypes of the input tensors."""
+    items = sorted(x.items()) if isinstance(x, MutableMapping) else [("", x)]
+    return tuple(
+        (k, tuple(v.shape[1:]), v.dtype) for k, v in items if torch.is_tensor(v)
+    )
 
 
 def _activation_bytes(model: nn.Module, x1) -> tuple[int, int]:

@@ -201,12 +201,11 @@ def check_subnet_plan(
     device: torch.device | str,
     budget: int | None,
     given: str | None = None,
-    stacklevel: int = 4,
 ) -> None:
     """When a subnetwork is set: raise if the curvature does not fit, warn if the
     whole plan (curvature + factor) does not, naming the largest S that does.
-    ``given`` as in :func:`check_dense_fits`; ``stacklevel`` points the warning
-    at the user's call."""
+    ``given`` as in :func:`check_dense_fits`; the warning points at the caller of
+    the caller's caller (the user's call of the posterior)."""
     given = given or f"n_params_subnet={n_subnet}"
     check_dense_fits(n_subnet, itemsize, device, budget, given=given)
     total = dense_posterior_bytes(n_subnet, itemsize)
@@ -217,5 +216,5 @@ def check_subnet_plan(
             f"dense posterior needs about {total / 1e9:.2f} GB in all (> "
             f"{limit / 1e9:.2f} GB); fit() works, the posterior will raise. "
             f"S={largest_subnet(limit, itemsize)} fits entirely.",
-            stacklevel=stacklevel,
+            stacklevel=4,
         )

@@ -40,6 +40,7 @@ from laplace_subnet_ext.numerics.curvature import (
 )
 from laplace_subnet_ext.numerics.memory import (
     DATA_SPECTRUM_RANK_DIVISOR,
+    check_dense_fits,
     check_subnet_plan,
     default_curvature_dtype,
     explain_curvature_dtype,
@@ -331,22 +332,21 @@ class DenseSubnetLaplace(
                 "(subnetwork_mask selects inside fit)."
             )
 
-    def _check_plan(
-        self, S: int, given: str = "n_params_subnet", depth: int = 1
-    ) -> None:
+    def _check_plan(self, S: int, given: str = "n_params_subnet") -> None:
         """Refuse (``ValueError``) an S whose curvature does not fit, before any
-        S x S allocation; warn if the whole plan does not (:mod:`.memory`), at the
-        user's call ``depth`` frames above this one."""
-        itemsize = torch.empty((), dtype=self._curvature_dtype_for(S)).element_size()
-        check_subnet_plan(
-            S,
-            itemsize,
-            self._device,
-            self.memory_budget,
-            given=f"n_params_subnet={S}"
-            if given == "n_params_subnet"
-            else f"{given} (S={S})",
-            stacklevel=3 + depth,
+        S x S allocation. Called by the constructor for an int ``n_params_subnet``
+        (before a selection); :meth:`_set_subnetwork` also warns if the whole plan
+        does not fit (:func:`.memory.check_subnet_plan`)."""
+        itemsize = self._curvature_dtype_for(S).itemsize
+        check_dense_fits(
+            S, itemsize, self._device, self.memory_budget, given=self._given(S, given)
+        )
+
+    @staticmethod
+    def _given(S: int, given: str) -> str:
+        """What the user passed, for the memory messages."""
+        return (
+            f"n_params_subnet={S}" if given == "n_params_subnet" else f"{given} (S={S})"
         )
 
     def _set_subnetwork(self, indices: Any, given: str = "n_params_subnet") -> None:
@@ -356,7 +356,10 @@ class DenseSubnetLaplace(
         S = idx.numel()
         if self.curvature_dtype is None and self._dtype != torch.float64:
             logger.info(explain_curvature_dtype(self._dtype, S))
-        self._check_plan(S, given, depth=2)
+        itemsize = self._curvature_dtype_for(S).itemsize
+        check_subnet_plan(  # its warning points at the user's call
+            S, itemsize, self._device, self.memory_budget, self._given(S, given)
+        )
         self._layout = SubnetLayout(self.model, idx)
         if self._backend is not None:
             self._backend.subnetwork_indices = idx

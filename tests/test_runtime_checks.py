@@ -88,6 +88,31 @@ def test_check_runs_for_a_predictive_without_fit(planted_bug):
     assert_close(Js, J[:, :, idx], 1e-10, "repaired columns")
 
 
+@pytest.mark.parametrize("verify", [True, False])
+def test_planted_bug_in_the_diagonal_pass(planted_bug, verify):
+    """``SubnetJacobians.diagonal`` never forms J; its run-time check compares a
+    random combination of the per-sample gradients with plain autograd: with it
+    the planted bug is named and repaired, without it the diagonal is wrong."""
+    from laplace_subnet_ext.numerics.curvature import output_hessian_root
+
+    model, X, _, idx = _mlp_problem()
+    jac = SubnetJacobians(model, SubnetLayout(model, idx), verify=verify)
+    root = lambda f: output_hessian_root(f, "classification")  # noqa: E731
+    J, f = full_jacobian(model, X)
+    p = torch.softmax(f, -1)
+    Lam = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    Js = J[:, :, idx]
+    ref = torch.einsum("bcs,bck,bks->s", Js, Lam, Js)
+    if verify:
+        with pytest.warns(RuntimeWarning, match=r"0\.weight"):
+            got, _ = jac.diagonal(X, root)
+        assert_close(got, ref, 1e-10, "repaired diagonal")
+        assert set(jac.generic_reasons) == {"0.weight", "2.weight"}
+    else:
+        got, _ = jac.diagonal(X, root)
+        assert ((got - ref).abs().max() / ref.abs().max()).item() > 1e-3
+
+
 def test_graph_guard_routes_a_functionally_reused_weight_without_warning():
     model = FunctionalParent().eval()
     x = torch.randn(3, 5, 8)

@@ -60,7 +60,11 @@ from laplace_subnet_ext.jacobians.guard import (
 )
 from laplace_subnet_ext.jacobians.layout import SubnetLayout, TensorSelection
 from laplace_subnet_ext.jacobians.rules import rule_for
-from laplace_subnet_ext.jacobians.verify import mismatched_tensors, tolerance
+from laplace_subnet_ext.jacobians.verify import (
+    mismatched_tensors,
+    mismatched_vjp,
+    tolerance,
+)
 
 __all__ = ["SubnetJacobians", "JACOBIAN_METHODS"]
 
@@ -209,13 +213,97 @@ class SubnetJacobians:
                 Js, f = self._fill_generic(slow, x, Js, f)
         return Js, f
 
+    def diagonal(
+        self,
+        x: torch.Tensor | MutableMapping[str, Any],
+        out_factor: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""``(s,)`` :math:`\sum_b \operatorname{diag}(J_b^\top A_b A_b^\top J_b)`
+        and ``f`` ``(b, c)``, without forming :math:`J_S`.
+
+        ``out_factor`` maps the output ``f`` to :math:`A` ``(b, c, m)`` (e.g. a
+        square root of the GGN's output Hessian); ``None`` is the identity
+        (:math:`m = c`). On the fast path, one forward and :math:`m` backward
+        passes of the batch, each tensor's per-sample gradient of
+        :math:`\sum_k A_{bkj} f_{bk}` formed, squared and summed one output
+        combination :math:`j` at a time: scratch memory ``O(b x numel)`` of the
+        largest selected tensor, not ``O(b c s)``. The same guard, sample check
+        and run-time check as :meth:`__call__` (the check compares a random
+        combination of the formed gradients with plain autograd). Tensors on
+        the generic path are formed by it one tensor at a time (``(b, c,
+        numel)``) and contracted the same way.
+        """
+        if self.method == "backend":
+            Js, f = self.backend_jacobians(x)
+            return _diag_of(Js.detach(), out_factor, f.detach()), f.detach()
+        candidates, slow = self.split()
+        diag = f = None
+        with torch.enable_grad():
+            if candidates:
+                diag, f, slow = self._fast_diagonal(candidates, x, out_factor, slow)
+            for sel in slow:  # one tensor at a time: (b, c, numel) at most
+                Js_l, f_l = self._generic([sel], x)
+                f = f_l if f is None else f
+                if diag is None:
+                    diag = f.new_zeros(self.layout.n_subnet)
+                diag[sel.positions] = _diag_of(Js_l, out_factor, f)
+        return diag, f
+
+    def _fast_diagonal(self, candidates: list, x, out_factor, slow: list) -> tuple:
+        diag = None
+        check: dict[str, torch.Tensor] = {}  # name -> sum_bk w_bk (A^T J)_bk
+        weights = None
+
+        def sink(k, sel, cols, wts):
+            nonlocal diag, weights
+            if diag is None:
+                diag = cols.new_zeros(self.layout.n_subnet)
+            diag[sel.positions] += cols.pow(2).sum(0)
+            weights = wts
+            if self.verify and sel.name not in self.verified:
+                part = wts[:, k].to(cols.dtype) @ cols
+                check[sel.name] = check[sel.name] + part if sel.name in check else part
+
+        _, f, fast, demoted, report = self._fast(
+            candidates, x, out_factor=out_factor, sink=sink
+        )
+        if diag is None:
+            diag = f.new_zeros(self.layout.n_subnet)
+        slow = slow + demoted
+        new = [
+            s
+            for s in fast
+            if s.name not in self.verified and id(s.param) in report.live
+        ]
+        if new and self.verify and weights is not None:
+            # the reference: one reverse pass with the same random combination
+            A = None if out_factor is None else out_factor(f)
+            u = weights if A is None else torch.einsum("bcm,bm->bc", A, weights)
+            ours = [check.get(s.name, diag.new_zeros(s.local.numel())) for s in new]
+            bad = mismatched_vjp(self.model, new, ours, x, u, report.compute_eps)
+            slow = slow + self._flag_mismatched(new, bad, report.compute_eps)
+        self.verified.update(s.name for s in new)
+        return diag, f, slow
+
     # ---------------------------------------------------------------- fast path
     def _demote(self, selections: list, reason: str) -> None:
         for s in selections:
             self.generic_reasons[s.name] = reason
             logger.info("%s takes the generic path: %s", s.name, reason)
 
-    def _fast(self, candidates: list, x) -> tuple:
+    def _fast(
+        self,
+        candidates: list,
+        x,
+        out_factor: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
+        sink: Callable | None = None,
+    ) -> tuple:
+        """The fast path's passes. Without ``sink``: ``Js`` ``(b, c, s)``. With
+        ``sink``: one backward pass per output combination ``k`` of
+        ``out_factor(f)`` ``(b, c, m)`` (identity if None), and
+        ``sink(k, sel, cols, wts)`` called with each tensor's ``(b, s_l)``
+        per-sample gradients (all its uses summed) and the sample check's
+        ``(b, m)`` random weights; ``Js`` is then None."""
         params = {id(s.param): s.param for s in candidates}
         with FastCapture(self.model, list(params.values())) as cap:
             f = self.model(x)
@@ -229,23 +317,33 @@ class SubnetJacobians:
             if id(s.param) not in report.ok:
                 self._demote([s], report.reasons[id(s.param)])
         fast = [s for s in candidates if id(s.param) in report.ok]
-        Js = f.new_zeros(b, c, self.layout.n_subnet)
-        work = [
-            (sel, u, _plan(sel, u))  # input-side factors once per forward
-            for sel in fast
-            for u in cap.uses[id(sel.param)]
-            if u.z.requires_grad
-        ]
-        outs = {id(u.z): u for _, u, _ in work}  # one use per output tensor
+        A = None if out_factor is None else out_factor(f.detach())
+        m = c if A is None else A.shape[-1]
+        Js = None
+        if sink is None:
+            Js = f.new_zeros(b, c, self.layout.n_subnet)
+
+            def sink(k, sel, cols, wts):
+                Js[:, k, sel.positions] += cols
+
+        work: dict[int, tuple] = {}  # per tensor: (sel, [(use, plan)])
+        for sel in fast:
+            for u in cap.uses[id(sel.param)]:
+                if u.z.requires_grad:  # input-side factors once per forward
+                    work.setdefault(id(sel.param), (sel, []))[1].append(
+                        (u, _plan(sel, u))
+                    )
+        outs = {id(u.z): u for _, ups in work.values() for u, _ in ups}
         zs = [u.z for u in outs.values()]
         # random per-sample output weights for the sample check (fixed seed)
         gen = torch.Generator(device=f.device).manual_seed(0)
-        wts = torch.randn(b, c, dtype=f.dtype, device=f.device, generator=gen)
+        wts = torch.randn(b, m, dtype=f.dtype, device=f.device, generator=gen)
         pred = {k: None for k in outs}
         size = {k: None for k in outs}
-        for k in range(c if zs else 0):
+        for k in range(m if zs else 0):
+            out = f[:, k] if A is None else (f * A[:, :, k].to(f.dtype)).sum(1)
             grads = torch.autograd.grad(
-                f[:, k].sum(), zs, retain_graph=True, allow_unused=True
+                out.sum(), zs, retain_graph=True, allow_unused=True
             )
             grad_of = {id(z): g for z, g in zip(zs, grads)}
             for key, use in outs.items():
@@ -256,14 +354,22 @@ class SubnetJacobians:
                     pred[key] = w * r if pred[key] is None else pred[key] + w * r
                     a = (w * r).abs()
                     size[key] = a if size[key] is None else size[key] + a
-            for sel, u, plan in work:
-                dz = grad_of[id(u.z)]
-                if dz is not None:
-                    Js[:, k, sel.positions] += plan.contract(dz.detach())
-        bad = self._misattributed(f, wts, zs, outs, pred, size, report.compute_eps)
+            for sel, ups in work.values():
+                cols = None
+                for u, plan in ups:
+                    dz = grad_of[id(u.z)]
+                    if dz is not None:
+                        part = plan.contract(dz.detach())
+                        cols = part if cols is None else cols + part
+                if cols is not None:
+                    sink(k, sel, cols, wts)
+        check = wts if A is None else torch.einsum("bcm,bm->bc", A.to(f.dtype), wts)
+        bad = self._misattributed(f, check, zs, outs, pred, size, report.compute_eps)
         demoted = [s for s in candidates if id(s.param) not in report.ok]
         wrong = {id(outs[key].param) for key in bad}
-        wrong |= {id(u.param) for _, u, _ in work if id(u.z) in bad}
+        wrong |= {
+            id(u.param) for _, ups in work.values() for u, _ in ups if id(u.z) in bad
+        }
         if wrong:
             self._whole_batch = True
             err = max(bad.values())
@@ -300,6 +406,9 @@ class SubnetJacobians:
     def _check(self, fast: list, Js: torch.Tensor, x, compute_eps: float) -> list:
         """Run-time verification of the fast columns; demote and warn on mismatch."""
         bad = mismatched_tensors(self.model, fast, Js, x, compute_eps)
+        return self._flag_mismatched(fast, bad, compute_eps)
+
+    def _flag_mismatched(self, fast: list, bad: dict, compute_eps: float) -> list:
         if not bad:
             return []
         tol = tolerance(compute_eps)
@@ -314,7 +423,7 @@ class SubnetJacobians:
             "which is exact. Please report the model at the laplace-subnet-ext "
             "issue tracker.",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
         return [s for s in fast if s.name in bad]
 
@@ -486,6 +595,15 @@ class _Blocked:
             for r0, r1, flat in self.chunks
         ]
         return torch.cat(parts, 1).index_select(1, self.unsort)
+
+
+def _diag_of(Js: torch.Tensor, out_factor, f: torch.Tensor) -> torch.Tensor:
+    r"""``(s,)`` :math:`\sum_b \operatorname{diag}(J_b^\top A_b A_b^\top J_b)` of
+    formed Jacobians ``(b, c, s)``."""
+    A = None if out_factor is None else out_factor(f)
+    if A is None:
+        return Js.pow(2).sum((0, 1))
+    return torch.einsum("bcm,bcs->bms", A.to(Js.dtype), Js).pow(2).sum((0, 1))
 
 
 def _split_cols(Js: torch.Tensor, selections: list[TensorSelection]) -> list:

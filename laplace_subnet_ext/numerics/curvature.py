@@ -65,6 +65,22 @@ def output_hessian(f: torch.Tensor, likelihood: str) -> torch.Tensor | None:
     return torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
 
 
+def output_hessian_root(f: torch.Tensor, likelihood: str) -> torch.Tensor | None:
+    r"""A square root :math:`A_b` ``(b, c, c)`` of :func:`output_hessian`,
+    :math:`A_b A_b^\top = \Lambda_b`, in closed form (no ``eigh``).
+
+    Softmax: :math:`A = \operatorname{diag}(\sqrt p) - p \sqrt p^\top`, since
+    :math:`A A^\top = \operatorname{diag}(p) - 2 p p^\top + p (\sqrt p^\top
+    \sqrt p) p^\top` and :math:`\sum_c p_c = 1`. Regression: ``None`` (the
+    identity).
+    """
+    if likelihood == "regression":
+        return None
+    p = torch.softmax(f, dim=-1)
+    r = p.sqrt()
+    return torch.diag_embed(r) - p.unsqueeze(-1) * r.unsqueeze(-2)
+
+
 def rows_per_sample(curv: GGNInterface | EFInterface, n_outputs: int) -> int:
     r"""Rows of the square-root factor :math:`R` (:math:`H = R^\top R`) per input:
     one per output for a GGN, one for the empirical Fisher."""

@@ -25,9 +25,12 @@ from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader
 
 from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
-from laplace_subnet_ext.jacobians.batching import batch_size, split_batch
+from laplace_subnet_ext.jacobians.batching import batch_size, slice_batch, split_batch
 from laplace_subnet_ext.jacobians.engine import BLOCK_BYTES
-from laplace_subnet_ext.numerics.curvature import output_curvature, output_hessian
+from laplace_subnet_ext.numerics.curvature import (
+    output_curvature,
+    output_hessian_root,
+)
 
 __all__ = [
     "backpack_applies",
@@ -120,14 +123,25 @@ def blocked_diag_curvature(
     block_bytes: int = BLOCK_BYTES,
     dict_key_x: str = "input_ids",
     dict_key_y: str = "labels",
+    single_pass: bool = True,
 ) -> torch.Tensor:
     r"""``(p,)`` exact diagonal GGN / EF from this package's subnetwork Jacobians.
 
-    Columns are processed in blocks whose Jacobian ``(b, c, block)`` stays below
-    ``block_bytes``; each block costs one pass over the data. Per batch:
-    :math:`\sum_b \operatorname{diag}(J_b^\top \Lambda_b J_b)` (GGN) or
-    :math:`\text{factor} \sum_b g_b^2` with :math:`g_b = J_b^\top \partial\ell/\partial f_b`
-    (EF), the conventions of laplace's backends (:mod:`laplace_subnet_ext.numerics.curvature`).
+    Per batch: :math:`\sum_b \operatorname{diag}(J_b^\top \Lambda_b J_b)` (GGN,
+    :math:`\Lambda_b = A_b A_b^\top` by :func:`~laplace_subnet_ext.numerics.curvature.output_hessian_root`)
+    or :math:`\text{factor} \sum_b g_b^2` with :math:`g_b = J_b^\top
+    \partial\ell/\partial f_b` (EF), the conventions of laplace's backends
+    (:mod:`laplace_subnet_ext.numerics.curvature`).
+
+    Tensors a fast rule covers: one pass over the data
+    (:meth:`~laplace_subnet_ext.jacobians.SubnetJacobians.diagonal`: one
+    forward and :math:`c` backward passes per chunk of inputs, each tensor's
+    per-sample gradients formed and squared, never :math:`J`), in input chunks
+    whose largest per-sample gradient block stays below ``block_bytes``. Every
+    other tensor (and any the engine's checks demote): columns in blocks whose
+    Jacobian ``(b, c, block)`` stays below ``block_bytes``, one pass over the
+    data per block. ``single_pass=False`` takes the column blocks for every
+    tensor (the reference route; benchmarks compare the two).
     """
     curv = output_curvature(
         BackPackGGN if kind == "ggn" else BackPackEF, {}, likelihood
@@ -137,34 +151,71 @@ def blocked_diag_curvature(
         for data in train_loader:
             yield split_batch(data, dict_key_y)
 
+    def out_factor(f, y):
+        if kind == "ggn":
+            return output_hessian_root(f, likelihood)
+        f_ = f.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (r,) = torch.autograd.grad(curv.lossfunc(f_, y.to(f.device)), f_)
+        return (curv.factor**0.5 * r).unsqueeze(-1)  # (b, c, 1)
+
     params = [p for p in model.parameters() if p.requires_grad]
     D = sum(p.numel() for p in params)
-    X0, _ = next(iter(batches()))
-    with torch.no_grad():
-        c = model(X0).shape[-1]
-    b = batch_size(X0, dict_key_x)
     itemsize = params[0].element_size()
-    block = max(1, min(D, block_bytes // (itemsize * b * c)))
     diag = torch.zeros(D, dtype=params[0].dtype, device=params[0].device)
-    for start in range(0, D, block):
-        idx = torch.arange(start, min(D, start + block), device=diag.device)
-        jac = SubnetJacobians(model, SubnetLayout(model, idx), dict_key_x=dict_key_x)
+    jac = SubnetJacobians(
+        model,
+        SubnetLayout(model, torch.arange(D, device=diag.device)),
+        dict_key_x=dict_key_x,
+        block_bytes=block_bytes,
+    )
+    fast = jac.split()[0] if single_pass else []
+    if fast:
+        idx = torch.cat([s.positions for s in fast])
+        jac = SubnetJacobians(
+            model, SubnetLayout(model, idx.sort().values), dict_key_x=dict_key_x
+        )
+        largest = max(s.param.numel() for s in fast)
+        # per-sample gradients of the largest tensor, with the sum of its uses
+        # and the square beside it
+        chunk = max(1, block_bytes // (3 * itemsize * largest))
+        part = torch.zeros(jac.layout.n_subnet, dtype=diag.dtype, device=diag.device)
         for X, y in batches():
-            Js, f = jac(X)
-            y = y.to(f.device)
-            if kind == "ef":
-                f_ = f.detach().requires_grad_(True)
-                with torch.enable_grad():
-                    (r,) = torch.autograd.grad(curv.lossfunc(f_, y), f_)
-                g = torch.einsum("bcs,bc->bs", Js, r)
-                diag[idx] += curv.factor * g.pow(2).sum(0)
-                continue
-            Lam = output_hessian(f, likelihood)
-            diag[idx] += (
-                Js.pow(2).sum((0, 1))
-                if Lam is None
-                else torch.einsum("bcs,bck,bks->s", Js, Lam, Js)
+            n = batch_size(X, dict_key_x)
+            for start in range(0, n, chunk):
+                stop = min(n, start + chunk)
+                Xc, yc = slice_batch(X, start, stop, n), y[start:stop]
+                d, _ = jac.diagonal(Xc, lambda f, yc=yc: out_factor(f, yc))
+                part += d
+        diag[jac.layout.indices] = part
+        done = torch.zeros(D, dtype=torch.bool, device=diag.device)
+        slow_now = {s.name for s in jac.split()[1]}
+        for s in fast:
+            if s.name not in slow_now:
+                done[s.positions] = True
+    else:
+        done = torch.zeros(D, dtype=torch.bool, device=diag.device)
+    rest = (~done).nonzero().flatten()
+    if rest.numel():
+        diag[rest] = 0
+        X0, _ = next(iter(batches()))
+        with torch.no_grad():
+            c = model(X0).shape[-1]
+        b = batch_size(X0, dict_key_x)
+        block = max(1, min(rest.numel(), block_bytes // (itemsize * b * c)))
+        for start in range(0, rest.numel(), block):
+            idx = rest[start : start + block]
+            cols = SubnetJacobians(
+                model, SubnetLayout(model, idx), dict_key_x=dict_key_x
             )
+            for X, y in batches():
+                Js, f = cols(X)
+                A = out_factor(f, y)
+                diag[idx] += (
+                    Js.pow(2).sum((0, 1))
+                    if A is None
+                    else torch.einsum("bcm,bcs->bms", A, Js).pow(2).sum((0, 1))
+                )
     return diag
 
 

@@ -39,7 +39,6 @@ __all__ = [
 LAPLACE_PRIVATES: dict[tuple[str, str], tuple[str, ...] | str] = {
     # hooks the posterior overrides (called by laplace's own methods)
     ("FullSubnetLaplace", "_init_H"): ("self",),
-    ("FullSubnetLaplace", "_curv_closure"): ("self", "X", "y", "N"),
     ("FullSubnetLaplace", "_check_H_init"): ("self",),
     ("FullSubnetLaplace", "_compute_scale"): ("self",),
     ("FullSubnetLaplace", "_glm_predictive_distribution"): (
@@ -76,8 +75,7 @@ LAPLACE_PRIVATES: dict[tuple[str, str], tuple[str, ...] | str] = {
     ("FullSubnetLaplace", "_backend_cls"): "attribute",
     ("FullSubnetLaplace", "_backend_kwargs"): "attribute",
     ("FullSubnetLaplace", "_posterior_scale"): "attribute",
-    ("FullSubnetLaplace", "_prior_mean"): "attribute",
-    ("FullSubnetLaplace", "_prior_precision"): "attribute",
+    ("FullSubnetLaplace", "_sigma_noise"): "attribute",
     ("FullSubnetLaplace", "_key"): "attribute",
     # output Hessians of the curvature interfaces
     ("GGNInterface", "_get_functional_hessian"): ("self", "f"),

@@ -127,7 +127,7 @@ def test_sweep_refuses_non_scalar_priors_and_bad_grids():
     la = _fitted(model, train, "classification")
     with pytest.raises(ValueError, match="prior_precisions must be non-empty"):
         prior_sweep(la, val, prior_precisions=torch.tensor([1.0, -1.0]))
-    la.prior_precision = torch.ones(len(la._layout.selections))
+    la.prior_precision = torch.ones(len(la.jacobians.layout.selections))
     with pytest.raises(ValueError, match="needs a scalar prior precision"):
         prior_sweep(la, val)
 

@@ -141,11 +141,15 @@ def test_regression_joint_and_diagonal_outputs():
 
 def test_predictive_is_blocked_and_equal_to_unblocked():
     la = make(torch.arange(40), lik="regression")
-    la.fit(loader("regression"))
+    dl = loader("regression")
+    la.fit(dl)
     X = torch.randn(23, 3)
     m1, v1 = la(X)
-    la.predictive_block_bytes = 1  # one row per block
-    m2, v2 = la(X, progress_bar=False)
+    one_row = make(
+        torch.arange(40), lik="regression", model=la.model, predictive_block_bytes=1
+    )
+    one_row.fit(dl)
+    m2, v2 = one_row(X, progress_bar=False)
     assert_close(v1, v2, 1e-12, "blocked")
     assert_close(m1, m2, 1e-12, "blocked mean")
 

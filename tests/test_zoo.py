@@ -82,11 +82,11 @@ def test_zoo_curvature_and_predictive_match_torch_func(case, method):
     assert_close(la.H, H_ref, 1e-8, f"{case.id} H ({method})")
     assert_close(f_var, var_ref, 1e-8, f"{case.id} GLM variance ({method})")
     if method == "auto":
-        fast = [s.name for s in la._jacobians.split()[0]]
+        fast = [s.name for s in la.jacobians.split()[0]]
         for frag in case.fast:
             assert any(frag in n for n in fast), (
                 f"{case.id}: no {frag!r} tensor on the fast path; generic: "
-                f"{la._jacobians.generic_reasons}"
+                f"{la.jacobians.generic_reasons}"
             )
 
 

@@ -39,6 +39,7 @@ from torch.func import functional_call, jvp, vjp
 from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
 from laplace_subnet_ext.jacobians.batching import iter_inputs, split_batch
 from laplace_subnet_ext.numerics.curvature import output_hessian
+from laplace_subnet_ext.numerics.evidence import argmax_scalar_evidence
 from laplace_subnet_ext.numerics.memory import available_bytes
 
 __all__ = [
@@ -186,17 +187,12 @@ class FullNetworkReference:
         self.full_covariance = self.predictive_covariance(None)
 
     def _marglik_prior(self, theta: torch.Tensor) -> float:
-        """Argmax over a log grid of :math:`-\\tfrac12\\lambda\\|\\theta\\|^2 +
-        \\tfrac D2\\log\\lambda - \\tfrac12\\sum_i\\log(g_i/\\sigma^2+\\lambda)`."""
-        g = torch.linalg.eigvalsh(self.H).clamp_min(0) / self.sigma_noise**2
-        grid = torch.logspace(-4, 4, 161, dtype=torch.float64)
-        D = len(theta)
-        ev = (
-            -0.5 * grid * theta.pow(2).sum()
-            + 0.5 * D * grid.log()
-            - 0.5 * torch.log(g.unsqueeze(0) + grid.unsqueeze(1)).sum(1)
-        )
-        return float(grid[ev.argmax()])
+        """The scalar prior maximising the full network's Laplace evidence
+        (:func:`~laplace_subnet_ext.numerics.evidence.argmax_scalar_evidence` on
+        the eigenvalues of :math:`H/\sigma^2`)."""
+        g = torch.linalg.eigvalsh(self.H).clamp_min(0)
+        sc = float(theta.pow(2).sum())
+        return argmax_scalar_evidence(g, 1.0 / self.sigma_noise**2, sc)
 
     def precision(self) -> torch.Tensor:
         """``(p, p)`` :math:`P = H/\\sigma^2 + \\lambda I` (a new tensor)."""

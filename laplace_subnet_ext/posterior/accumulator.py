@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from laplace_subnet_ext.numerics import curvature as _curvature
 from laplace_subnet_ext.numerics.curvature import (
-    GRAM_BLOCK,
     add_batch_curvature,
     mirror_upper,
     rows_per_sample,
@@ -47,7 +47,7 @@ class CurvatureAccumulator:
 
     def __init__(self, H: torch.Tensor, n_inputs: int, keep_rows: bool) -> None:
         self._H = H
-        self._upper = H.shape[0] > GRAM_BLOCK
+        self._upper = H.shape[0] > _curvature.GRAM_BLOCK
         self._rows: torch.Tensor | None = None
         self._rows_used = 0
         self._keep_rows = bool(keep_rows) and n_inputs > 0

@@ -1,13 +1,16 @@
-r"""`DenseSubnetLaplace`: full-covariance linearized Laplace over S of D weights.
+r"""`DenseSubnetLaplace`: laplace's face of the dense subnetwork posterior.
 
 Index conventions: ``b`` batch, ``c``/``k`` outputs, ``p`` all parameters,
 ``s``/``t`` subnetwork parameters.
 
-Posterior (Daxberger et al., ICML 2021, eq. 5): the S selected weights get
-:math:`\mathcal{N}(\hat\theta_S, (h G_S + P_0)^{-1})` with
-:math:`G_S = \sum_n J_S(x_n)^\top \Lambda(x_n) J_S(x_n)` (GGN) or the empirical
-Fisher, :math:`h = 1/(\sigma^2 T)`; every other weight stays at the MAP. The
-maths lives in :mod:`.linalg`, the Jacobians in :mod:`laplace_subnet_ext.jacobians`.
+A thin adapter: the state lives in one :class:`.dense_posterior.DensePosterior`
+(the layout, the prior, :math:`\sigma`, :math:`T`, the fit's results and the
+:class:`.precision.DensePrecision` that owns H), and every attribute laplace's
+code reads or writes (``H``, ``prior_precision``, ``sigma_noise``'s
+``_sigma_noise``, ``loss``, ``mean``, ``_backend``, ``_posterior_scale``, ...)
+is a property here that delegates to it. After ``__init__`` the instance's own
+``__dict__`` holds laplace's constants only; nothing writes it again
+(``tests/test_subnet_api.py`` checks this over a whole workflow).
 """
 
 from __future__ import annotations
@@ -15,43 +18,39 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import MutableMapping
+from math import log, pi
 from typing import Any
 
 import torch
-import tqdm
 from laplace import FullSubnetLaplace
 from laplace.curvature import EFInterface, GGNInterface
-from laplace.utils.enums import Likelihood
+from laplace.utils.enums import Likelihood, PredType, PriorStructure, TuningMethod
 from torch import nn
-from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader
 
 from laplace_subnet_ext._compat import init_parametric
-from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
-from laplace_subnet_ext.jacobians.batching import to_device
+from laplace_subnet_ext.jacobians import SubnetJacobians
 from laplace_subnet_ext.jacobians.engine import BLOCK_BYTES
-from laplace_subnet_ext.numerics import curvature as _curvature
-from laplace_subnet_ext.numerics.curvature import (
-    add_batch_curvature,
-    mirror_upper,
-    output_curvature,
-    rows_per_sample,
-)
+from laplace_subnet_ext.numerics.curvature import output_curvature
 from laplace_subnet_ext.numerics.memory import (
-    DATA_SPECTRUM_RANK_DIVISOR,
+    EIGH_MATRICES,
     check_dense_fits,
     check_subnet_plan,
-    default_curvature_dtype,
     explain_curvature_dtype,
     parse_bytes,
 )
-from laplace_subnet_ext.posterior.factorisation import FactorisationMixin
+from laplace_subnet_ext.posterior import state as _state
+from laplace_subnet_ext.posterior.dense_posterior import (
+    DensePosterior,
+    MarglikMethod,
+    PosteriorOptions,
+)
 from laplace_subnet_ext.posterior.indices import normalize_subnetwork_indices
-from laplace_subnet_ext.posterior.predictive import BlockedPredictiveMixin
-from laplace_subnet_ext.posterior.state import SubnetStateMixin
-from laplace_subnet_ext.prior.mixin import SubnetPriorMixin
-from laplace_subnet_ext.prior.tuning import PriorTuningMixin
+from laplace_subnet_ext.posterior.precision import DensePrecision
+from laplace_subnet_ext.prior import tuning
+from laplace_subnet_ext.prior.large_s import SLQ_DEFAULTS, tune_scalar_prior_slq
+from laplace_subnet_ext.prior.spec import as_prior_tensor
+from laplace_subnet_ext.prior.subnet_prior import SubnetPrior
 from laplace_subnet_ext.selection.resolve import select_indices
 
 __all__ = ["DenseSubnetLaplace", "NotFittedError", "DEFAULT_MASK"]
@@ -76,14 +75,20 @@ class NotFittedError(RuntimeError, AttributeError):
     """Raised when a fitted posterior is needed; also an ``AttributeError`` as in laplace."""
 
 
-class DenseSubnetLaplace(
-    FactorisationMixin,
-    SubnetPriorMixin,
-    PriorTuningMixin,
-    BlockedPredictiveMixin,
-    SubnetStateMixin,
-    FullSubnetLaplace,
-):
+def _delegated(name: str, doc: str, setter: str | None = None) -> property:
+    """A property reading ``self._post.<name>`` (and writing through
+    ``self._post.<setter>(value)``)."""
+
+    def get(self):
+        return getattr(self._post, name)
+
+    def put(self, value):
+        getattr(self._post, setter)(value)
+
+    return property(get, put if setter else None, doc=doc)
+
+
+class DenseSubnetLaplace(FullSubnetLaplace):
     r"""Dense subnetwork Laplace whose Jacobians cover the S selected weights only.
 
     Drop-in for ``laplace.FullSubnetLaplace``; ``import laplace_subnet_ext`` makes
@@ -219,6 +224,20 @@ class DenseSubnetLaplace(
                 "backend must be a laplace GGN or EF interface class (e.g. "
                 f"CurvlinopsGGN, BackPackEF); got {backend!r}."
             )
+        if curvature_dtype is not None and curvature_dtype not in (
+            torch.float32,
+            torch.float64,
+        ):
+            raise ValueError(
+                "curvature_dtype must be torch.float32 or torch.float64; got "
+                f"{curvature_dtype}. torch.linalg cannot factorise half-precision "
+                "matrices; leave it None (float64 up to S = 10,000, float32 above)."
+            )
+        if marglik_method not in tuple(MarglikMethod):
+            raise ValueError(
+                "marglik_method must be 'auto', 'exact' or 'slq'; got "
+                f"{marglik_method!r}."
+            )
         default_mask = (
             subnetwork_indices is _MISSING
             and subnetwork_mask is None
@@ -237,39 +256,35 @@ class DenseSubnetLaplace(
                 "DenseSubnetLaplace needs subnetwork_indices=..., subnetwork_mask=... "
                 f"or n_params_subnet=... (then {DEFAULT_MASK!r} selects); got none."
             )
-        self._layout: SubnetLayout | None = None
-        self._prior_structure: str | None = None
-        self._prior_precision_spec: torch.Tensor | None = None
-        self._prior_mean_spec: torch.Tensor | None = None
-        self.prior_rescaling = bool(prior_rescaling)
-        self.prior_precision_full_network: torch.Tensor | None = None
-        if curvature_dtype is not None and curvature_dtype not in (
-            torch.float32,
-            torch.float64,
-        ):
-            raise ValueError(
-                "curvature_dtype must be torch.float32 or torch.float64; got "
-                f"{curvature_dtype}. torch.linalg cannot factorise half-precision "
-                "matrices; leave it None (float64 up to S = 10,000, float32 above)."
-            )
-        if marglik_method not in ("auto", "exact", "slq"):
-            raise ValueError(
-                "marglik_method must be 'auto', 'exact' or 'slq'; got "
-                f"{marglik_method!r}."
-            )
-        self.marglik_method = marglik_method
-        self.marglik_tuning_info: dict[str, Any] | None = None
-        self.jacobian_method = jacobian_method
-        self.verify_jacobians = bool(verify_jacobians)
-        self.curvature_dtype = curvature_dtype
-        self.memory_budget = (
-            None if memory_budget is None else parse_bytes(memory_budget)
+        if subnetwork_indices is not _MISSING and subnetwork_mask is not None:
+            raise TypeError("give subnetwork_indices or subnetwork_mask, not both.")
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("model has no parameter with requires_grad=True.")
+        options = PosteriorOptions(
+            jacobian_method=jacobian_method,
+            verify_jacobians=bool(verify_jacobians),
+            curvature_dtype=curvature_dtype,
+            memory_budget=None if memory_budget is None else parse_bytes(memory_budget),
+            predictive_block_bytes=int(predictive_block_bytes),
+            dict_key_x=dict_key_x,
+            dict_key_y=dict_key_y,
         )
-        self.predictive_block_bytes = int(predictive_block_bytes)
+        device, dtype = trainable[0].device, trainable[0].dtype
+        prior = SubnetPrior(prior_precision, prior_mean, prior_rescaling, device, dtype)
+        # the owner first: laplace's __init__ writes through the properties below
+        self._post = DensePosterior(
+            model,
+            prior,
+            options,
+            torch.ones((), dtype=dtype),
+            temperature,
+            None,
+            marglik_method,
+        )
         self.verbose = bool(verbose)
-        self.n_params_subnet: int | None = None
-        self._fitted = False  # True once fit() completes or a state is loaded
-        self.H = None  # keeps ParametricLaplace from allocating a D x D matrix
+        self._mask = (subnetwork_mask, n_params_subnet, dict(mask_kwargs or {}))
+        self._default_mask = default_mask
         init_parametric(
             self,
             model,
@@ -284,27 +299,153 @@ class DenseSubnetLaplace(
             backend=backend,
             backend_kwargs=backend_kwargs,
         )
-        self._posterior_scale = None
-        self._mask = (subnetwork_mask, n_params_subnet, dict(mask_kwargs or {}))
-        self._default_mask = default_mask
         if isinstance(n_params_subnet, int) and not isinstance(n_params_subnet, bool):
             self._check_plan(n_params_subnet)  # before a selection that cannot fit
         if subnetwork_indices is not _MISSING:
-            if subnetwork_mask is not None:
-                raise TypeError("give subnetwork_indices or subnetwork_mask, not both.")
             self._set_subnetwork(subnetwork_indices, given="subnetwork_indices")
 
-    # ------------------------------------------------------------------ subnetwork
+    # ---------------------------------------------- laplace's state, delegated
+    H = _delegated(
+        "H",
+        "``(s, t)`` curvature, owned by the posterior's DensePrecision (None before "
+        "fit). Assigning a tensor replaces it (new caches).",
+        "set_curvature",
+    )
+    loss = _delegated("loss", "Summed training loss of the fit.", "set_loss")
+    n_data = _delegated("n_data", "Training inputs seen by the fit.", "set_n_data")
+    n_outputs = _delegated("n_outputs", "Model outputs c.", "set_n_outputs")
+    mean = _delegated("mean", "``(p,)`` MAP parameter vector (all D).", "set_mean")
+    temperature = _delegated(
+        "temperature", "Likelihood temperature T.", "set_temperature"
+    )
+    _sigma_noise = _delegated(
+        "sigma_noise", "laplace's storage of sigma_noise.", "set_sigma_noise"
+    )
+    _backend = _delegated("backend", "laplace's backend (built lazily).", "set_backend")
+
+    @property
+    def _posterior_scale(self) -> torch.Tensor | None:
+        """The factor buffer (laplace's name), None unless held for the current state."""
+        p = self._post.precision_object
+        return None if p is None or p.prior_diag is None else p.buffer()
+
+    @_posterior_scale.setter
+    def _posterior_scale(self, value: None) -> None:
+        if value is not None:
+            raise AttributeError(
+                "_posterior_scale is owned by the posterior's DensePrecision; only "
+                "None (invalidate) may be assigned."
+            )
+        p = self._post.precision_object
+        if p is not None:
+            p.invalidate_factor()
+
+    @property
+    def _H_factor(self) -> torch.Tensor:
+        r""":math:`h = 1/(\sigma^2 T)`."""
+        return self._post.h
+
+    @property
+    def _fitted(self) -> bool:
+        return self._post.fitted
+
+    @property
+    def marglik_tuning_info(self) -> dict[str, Any] | None:
+        """Details of the last prior tuning if it took the large-S scalar path (a
+        new dict), else None."""
+        return self._post.tuning_info
+
+    # the constructor's settings (one definition: the posterior's options)
+    jacobian_method = property(lambda self: self._post.options.jacobian_method)
+    verify_jacobians = property(lambda self: self._post.options.verify_jacobians)
+    curvature_dtype = property(lambda self: self._post.options.curvature_dtype)
+    marglik_method = property(
+        lambda self: self._post.marglik_method.value,
+        lambda self, value: self._post.set_marglik_method(value),
+        doc="``'auto'``, ``'exact'`` or ``'slq'`` (see the constructor); settable.",
+    )
+    memory_budget = property(lambda self: self._post.options.memory_budget)
+    predictive_block_bytes = property(
+        lambda self: self._post.options.predictive_block_bytes
+    )
+
+    # -------------------------------------------------------------------- prior
+    @property
+    def prior_precision(self) -> torch.Tensor:
+        """Subnetwork prior precision: length 1, one per touched tensor, or S (as
+        given before selection); a new tensor."""
+        return self._post.prior.precision
+
+    @prior_precision.setter
+    def prior_precision(self, value: float | torch.Tensor) -> None:
+        self._post.prior.set_precision(value, self._post.layout)
+
+    @property
+    def prior_mean(self) -> torch.Tensor:
+        """Length 1 or S (as given before selection); a new tensor."""
+        return self._post.prior.mean
+
+    @prior_mean.setter
+    def prior_mean(self, value: float | torch.Tensor) -> None:
+        self._post.prior.set_mean(value, self._post.layout)
+
+    @property
+    def prior_structure(self) -> PriorStructure | None:
+        """``"scalar"``, ``"layerwise"`` or ``"diag"`` (laplace's ``PriorStructure``,
+        a str enum; None before selection)."""
+        return self._post.prior.structure
+
+    @property
+    def prior_rescaling(self) -> bool:
+        """Whether the given prior is the full network's, used as :math:`\\lambda S/D`."""
+        return self._post.prior.rescaling
+
+    @property
+    def prior_precision_full_network(self) -> torch.Tensor | None:
+        """The prior precision as given, before the S/D rescaling (None before
+        selection)."""
+        return self._post.prior.full_network
+
+    @property
+    def prior_precision_diag(self) -> torch.Tensor:
+        """``(s,)`` diagonal of the subnetwork prior precision :math:`P_0`."""
+        self._check_selected()
+        return self._post.prior.diag(self._post.layout)
+
+    @property
+    def scatter(self) -> torch.Tensor:
+        r""":math:`(\hat\theta_S - \mu_0)^\top P_0 (\hat\theta_S - \mu_0)`."""
+        return self._post.scatter()
+
+    # --------------------------------------------------------------- subnetwork
+    @property
+    def n_params_subnet(self) -> int | None:
+        """S (None before selection)."""
+        return self._post.n_subnet
+
     @property
     def subnetwork_indices(self) -> torch.Tensor:
-        """``(s,)`` long indices of the subnetwork in the parameter vector."""
+        """``(s,)`` long indices of the subnetwork in the parameter vector (a copy)."""
         self._check_selected()
-        return self._layout.indices
+        return self._post.layout.indices.clone()
+
+    @property
+    def mean_subnet(self) -> torch.Tensor:
+        """``(s,)`` MAP of the subnetwork weights (no laplace backend needed)."""
+        self._check_selected()
+        return self._post.mean_subnet
+
+    def assemble_full_samples(self, subnet_samples: torch.Tensor) -> torch.Tensor:
+        """``(n, p)``: the subnetwork samples, every other weight at the MAP."""
+        full = self.mean.repeat(subnet_samples.shape[0], 1)
+        full[:, self._post.layout.indices] = subnet_samples
+        return full
 
     @property
     def jacobians(self) -> SubnetJacobians:
         """The Jacobian engine of this subnetwork (:class:`.SubnetJacobians`)."""
-        return self._jacobians
+        self._check_selected()
+        return self._post.jacobians
 
     @property
     def generic_reasons(self) -> dict[str, str]:
@@ -312,21 +453,15 @@ class DenseSubnetLaplace(
         (``torch.func``) Jacobian path: no rule covers it, or the graph guard, the
         sample check or the run-time check moved it there; a new dict."""
         self._check_selected()
-        return self._jacobians.generic()
+        return self._post.jacobians.generic()
 
     @property
     def _cdtype(self) -> torch.dtype:
         """Curvature / factorisation dtype of the selected subnetwork."""
-        return self._curvature_dtype_for(self.n_params_subnet)
-
-    def _curvature_dtype_for(self, S: int | None) -> torch.dtype:
-        """``curvature_dtype`` as given, else :func:`.memory.default_curvature_dtype`."""
-        if self.curvature_dtype is not None:
-            return self.curvature_dtype
-        return default_curvature_dtype(self._dtype, S)
+        return self._post.curvature_dtype_for(self.n_params_subnet, self._dtype)
 
     def _check_selected(self) -> None:
-        if self._layout is None:
+        if self._post.layout is None:
             raise NotFittedError(
                 "the subnetwork is not selected yet; call fit(train_loader) first "
                 "(subnetwork_mask selects inside fit)."
@@ -337,7 +472,7 @@ class DenseSubnetLaplace(
         S x S allocation. Called by the constructor for an int ``n_params_subnet``
         (before a selection); :meth:`_set_subnetwork` also warns if the whole plan
         does not fit (:func:`.memory.check_subnet_plan`)."""
-        itemsize = self._curvature_dtype_for(S).itemsize
+        itemsize = self._post.curvature_dtype_for(S, self._dtype).itemsize
         check_dense_fits(
             S, itemsize, self._device, self.memory_budget, given=self._given(S, given)
         )
@@ -349,32 +484,21 @@ class DenseSubnetLaplace(
             f"n_params_subnet={S}" if given == "n_params_subnet" else f"{given} (S={S})"
         )
 
-    def _set_subnetwork(self, indices: Any, given: str = "n_params_subnet") -> None:
-        """Set the subnetwork; ``given`` names the argument it came from (for the
+    def _set_subnetwork(
+        self, indices: Any, given: str = "n_params_subnet", restrict_prior: bool = True
+    ) -> None:
+        """Select the subnetwork; ``given`` names the argument it came from (for the
         memory check's message)."""
         idx = normalize_subnetwork_indices(indices, self.n_params, device=self._device)
         S = idx.numel()
         if self.curvature_dtype is None and self._dtype != torch.float64:
             logger.info(explain_curvature_dtype(self._dtype, S))
-        itemsize = self._curvature_dtype_for(S).itemsize
+        cdtype = self._post.curvature_dtype_for(S, self._dtype)
         check_subnet_plan(  # its warning points at the user's call
-            S, itemsize, self._device, self.memory_budget, self._given(S, given)
+            S, cdtype.itemsize, self._device, self.memory_budget, self._given(S, given)
         )
-        self._layout = SubnetLayout(self.model, idx)
-        if self._backend is not None:
-            self._backend.subnetwork_indices = idx
-        self.n_params_subnet = idx.numel()
-        self._jacobians = SubnetJacobians(
-            self.model,
-            self._layout,
-            method=self.jacobian_method,
-            dict_key_x=self.dict_key_x,
-            backend_jacobians=self._backend_jacobians,
-            verify=self.verify_jacobians,
-            block_bytes=self.predictive_block_bytes,
-        )
-        self._init_H()
-        self._apply_prior()
+        H = torch.zeros(S, S, device=self._device, dtype=cdtype)
+        self._post.select(idx, H, self._backend_jacobians, restrict_prior)
 
     @property
     def backend(self):
@@ -383,19 +507,14 @@ class DenseSubnetLaplace(
         Our own fit and predictive do not need it (see :attr:`output_curvature`),
         so BackPACK/ASDL do not hook into the model unless it is asked for.
         """
-        backend = super().backend
-        if self._layout is not None:
-            backend.subnetwork_indices = self._layout.indices
-        return backend
+        return super().backend
 
     @property
     def output_curvature(self) -> GGNInterface | EFInterface:
         """The backend's curvature type and loss (see :func:`.curvature.output_curvature`)."""
-        if getattr(self, "_output_curvature", None) is None:
-            self._output_curvature = output_curvature(
-                self._backend_cls, self._backend_kwargs, self.likelihood
-            )
-        return self._output_curvature
+        return output_curvature(
+            self._backend_cls, self._backend_kwargs, self.likelihood
+        )
 
     def _backend_jacobians(self, x):
         self.model.output_size = self.n_outputs  # BackPACK reads it
@@ -406,8 +525,8 @@ class DenseSubnetLaplace(
     ) -> torch.Tensor:
         mask, n_sub, kwargs = self._mask
         if self._default_mask:  # the default strategy sees this posterior's prior
-            prior = self._prior_precision_spec
-            if prior is not None and prior.numel() == 1:
+            prior = self._post.prior.precision
+            if prior.numel() == 1:
                 kwargs = {"prior_precision": float(prior), **kwargs}
             kwargs = {"sigma_noise": float(self.sigma_noise), **kwargs}
         start = time.perf_counter()
@@ -442,13 +561,15 @@ class DenseSubnetLaplace(
             )
 
     def _init_H(self) -> None:
-        if self.n_params_subnet is None:
-            self.H = None
-            return
-        s = self.n_params_subnet
-        self.H = torch.zeros(s, s, device=self._device, dtype=self._cdtype)
+        """laplace's hook: a zero S x S curvature (None before selection)."""
+        S = self.n_params_subnet
+        self._post.set_curvature(
+            None
+            if S is None
+            else torch.zeros(S, S, device=self._device, dtype=self._cdtype)
+        )
 
-    # ------------------------------------------------------------------------- fit
+    # ----------------------------------------------------------------------- fit
     def fit(
         self,
         train_loader: DataLoader,
@@ -460,140 +581,340 @@ class DenseSubnetLaplace(
         With an initialised ``torch.distributed`` process group each rank passes
         its own shard; curvature, loss and data count are all-reduced.
         """
-        if self._layout is None:
+        if self._post.layout is None:
             self._set_subnetwork(self._select(train_loader, progress_bar))
         start = time.perf_counter()
-        if override:
-            self._init_H()
-            self.loss = 0.0
-            self.n_data = 0
-            self._fitted = False
-        self._precision.invalidate()  # (added into in place: keys change anyway)
-        self.model.eval()
-        self.mean = parameters_to_vector(self.params)
-        if not self.enable_backprop:
-            self.mean = self.mean.detach()
-        N = self._n_fit_inputs = len(train_loader.dataset)
-        distributed = (
-            torch.distributed.is_available() and torch.distributed.is_initialized()
+        S = self.n_params_subnet
+        N = self._post.fit(
+            train_loader,
+            self.output_curvature,
+            override=override,
+            progress_bar=progress_bar,
+            # the large-S scalar marglik path is the one user of the rows
+            keep_rows=self._post.marglik_path(log=False) == MarglikMethod.SLQ,
+            zeros=lambda: torch.zeros(S, S, device=self._device, dtype=self._cdtype),
+            device=self._device,
+            dtype=self._dtype,
+            enable_backprop=self.enable_backprop,
         )
-        # the data-space spectrum (large-S path, H of rank < S / 8): exact
-        # eigenvalues of H for every prior without an S x S factorisation
-        self._rows: torch.Tensor | None = None
-        self._rows_used = 0
-        self._collect_rows = (
-            override and not distributed and self._keeps_square_root_rows() and N > 0
-        )
-        pbar = tqdm.tqdm(train_loader, disable=not progress_bar)
-        pbar.set_description("[Computing subnetwork Hessian]")
-        loss = torch.zeros((), device=self._device, dtype=self._dtype)
-        # large S: each batch updates H's upper block triangle only (half the
-        # flops); the lower one is restored once, below, however the loop ends
-        self._gram_upper = self.n_params_subnet > _curvature.GRAM_BLOCK
-        try:
-            for i, data in enumerate(pbar):
-                if isinstance(data, MutableMapping):
-                    X, y = to_device(data, self._device), data[self.dict_key_y]
-                else:
-                    X, y = data
-                    X = to_device(X, self._device)
-                try:
-                    loss_b = self._curv_closure(X, y.to(self._device), N)
-                except FloatingPointError as err:
-                    raise ValueError(
-                        f"train_loader batch {i} (0-based) gives a non-finite {err}; "
-                        "nothing of it was added. Check that batch's inputs and targets, "
-                        "and the model's dtype (float16 overflows above 65504; fit a "
-                        "float32 copy)."
-                    ) from None
-                loss = loss + loss_b
-        except BaseException:
-            self._rows, self._collect_rows = None, False  # free the rows at once
-            raise
-        finally:
-            if self._gram_upper:
-                mirror_upper(self.H)
-            self._gram_upper = False
-        n_data = torch.tensor(N, device=self._device)
-        if distributed:
-            for t in (self.H, loss, n_data):
-                torch.distributed.all_reduce(t)
-        self.loss = self.loss + loss
-        self.n_data += int(n_data)
-        self._fitted = True
         self._summary(
             time.perf_counter() - start,
-            f"fit: the {self.n_params_subnet:,} x {self.n_params_subnet:,} curvature "
-            f"over {N:,} inputs",
+            f"fit: the {S:,} x {S:,} curvature over {N:,} inputs",
             "fit(..., progress_bar=True) shows progress",
         )
-        if self._collect_rows and self._rows is not None and self._rows_used > 0:
-            self._precision.set_data_spectrum(self._rows[: self._rows_used])
-            logger.info(
-                "fit: H has rank <= %d < S=%d / %d; its eigenvalues come from the "
-                "(%d, %d) data-space Gram matrix (exact; the large-S marginal "
-                "likelihood needs no SLQ)",
-                self._rows_used,
-                self.n_params_subnet,
-                DATA_SPECTRUM_RANK_DIVISOR,
-                self._rows_used,
-                self._rows_used,
-            )
-        self._rows = None
 
-    def _keeps_square_root_rows(self) -> bool:
-        """Whether ``fit`` should keep H's square-root rows: the large-S scalar
-        marginal-likelihood path (:mod:`..prior.large_s`) is the one user."""
-        return self._marglik_path(log=False) == "slq"
-
-    def _row_buffer(self, n_inputs: int, k: int) -> torch.Tensor | None:
-        """The square-root buffer's next rows for ``n_inputs`` inputs of ``k``
-        rows each, allocated at the first batch for ``len(dataset)`` inputs when
-        they number at most S / 8 rows (0.125 S x S, while fit holds H only);
-        None (collection stops) if not."""
-        S, n_rows = self.n_params_subnet, n_inputs * k
-        if self._rows is None:
-            total = self._n_fit_inputs * k
-            if total * DATA_SPECTRUM_RANK_DIVISOR > S:
-                self._collect_rows = False
-                return None
-            self._rows = torch.empty(total, S, dtype=self.H.dtype, device=self.H.device)
-        start = self._rows_used
-        if start + n_rows > self._rows.shape[0]:  # more inputs than len(dataset)
-            self._collect_rows, self._rows = False, None
-            return None
-        self._rows_used += n_rows
-        return self._rows[start : start + n_rows]
-
-    def _curv_closure(self, X, y, N) -> torch.Tensor:
-        r"""Add one batch's :math:`\sum_b J_S^\top \Lambda J_S` (or EF) into ``H`` in
-        place; return its loss."""
-        Js, f = self._jacobians(X)
-        self.n_outputs = f.shape[-1]
-        if self.likelihood == "regression" and y.ndim != f.ndim:
-            raise ValueError(
-                f"The model's output has {f.ndim} dims but the target has {y.ndim} dims."
-            )
-        rows = None
-        if getattr(self, "_collect_rows", False):
-            k = rows_per_sample(self.output_curvature, f.shape[-1])
-            rows = self._row_buffer(Js.shape[0], k)
-        return add_batch_curvature(
-            self.output_curvature,
-            Js,
-            f,
-            y,
-            self.H,
-            rows,
-            upper=getattr(self, "_gram_upper", False),
-        )
-
-    # ------------------------------------------------------------------- posterior
     def _check_H_init(self) -> None:
         """Raise :class:`NotFittedError` unless :meth:`fit` has completed (or a
         state was loaded); a subnetwork given by indices is not a fit."""
-        if getattr(self, "H", None) is None or not self._fitted:
+        if self._post.H is None or not self._post.fitted:
             raise NotFittedError(
                 f"{type(self).__name__} is not fitted; call la.fit(train_loader) "
                 "before predicting, tuning the prior or reading the posterior."
             )
+
+    # ----------------------------------------------------------- the precision
+    @property
+    def precision(self) -> DensePrecision:
+        r"""The :class:`.precision.DensePrecision` :math:`hH + P_0` at the current
+        prior and noise: log det, whitening, covariance, square root, samples and
+        the spectra of H, with their caches."""
+        self._check_H_init()
+        return self._post.precision()
+
+    def eigendecompose(self) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Compute (once per curvature) and cache :math:`H = V \operatorname{diag}(g) V^\top`.
+
+        Afterwards, with a scalar prior, the posterior covariance, samples and GLM
+        predictive for *any* :math:`(\lambda, \sigma)` cost O(S^2) (projected
+        Jacobians :math:`J_S V`) instead of a Cholesky factorisation per value.
+        Called automatically by prior grid search.
+
+        Returns
+        -------
+        g : torch.Tensor
+            ``(s,)`` eigenvalues, clipped at 0 (a copy).
+        V : torch.Tensor
+            ``(s, t)`` eigenvectors (a copy: one more S x S matrix, checked
+            against the memory plan; the cache itself is not handed out).
+        """
+        self._check_H_init()
+        p = self._post.precision_object
+        g, V = p.eigh()
+        p.check_fits(EIGH_MATRICES, "a copy of its eigenvectors")
+        return g.clone(), V.clone()
+
+    @property
+    def _uses_eig(self) -> bool:
+        """Scalar prior and a cached eigendecomposition of the current curvature."""
+        return self._post.uses_eig()
+
+    @property
+    def posterior_precision(self) -> torch.Tensor:
+        """``(s, t)`` posterior precision :math:`h H + P_0` (a new S x S matrix)."""
+        return self.precision.matrix()
+
+    def _compute_scale(self) -> None:
+        """laplace's hook: build the square root in the buffer (no copy)."""
+        self.precision.scale(copy=False)
+
+    def get_posterior_scale(self, copy: bool = True) -> torch.Tensor:
+        r"""``(s, t)`` square root :math:`C` of the covariance, :math:`CC^\top = \Sigma`
+        (lower triangular unless the eigendecomposition path is used).
+
+        ``copy=True`` (default, and :attr:`posterior_scale`): a new tensor that no
+        later call changes (one more S x S matrix, checked against free memory).
+        ``copy=False``: the object's own buffer, no extra memory; the next call
+        that needs another factorisation (``sample``, a predictive, a prior or
+        noise change, ``fit``) overwrites it in place.
+        """
+        return self.precision.scale(copy)
+
+    def get_posterior_covariance(self, copy: bool = True) -> torch.Tensor:
+        r"""``(s, t)`` :math:`\Sigma = P^{-1}`, computed in place of the factor.
+
+        ``copy`` as in :meth:`get_posterior_scale`: by default a new tensor that
+        later calls do not change; ``copy=False`` hands out the buffer itself.
+        """
+        return self.precision.covariance(copy)
+
+    @property
+    def posterior_scale(self) -> torch.Tensor:
+        """``get_posterior_scale()``: a new tensor, never changed by later calls."""
+        return self.get_posterior_scale()
+
+    @property
+    def posterior_covariance(self) -> torch.Tensor:
+        """``get_posterior_covariance()``: a new tensor, never changed by later calls."""
+        return self.get_posterior_covariance()
+
+    @property
+    def log_det_posterior_precision(self) -> torch.Tensor:
+        r""":math:`\log\det P`. Scalar prior on the exact path: O(S) from the
+        cached eigenvalues of H. Otherwise from the in-place Cholesky factor,
+        differentiable in the prior and the noise through
+        :math:`\partial/\partial P_{0,ii} = \Sigma_{ii}` and
+        :math:`\partial/\partial h = (S - \sum_i \Sigma_{ii} P_{0,ii})/h`."""
+        self._check_H_init()
+        return self._post.log_det_posterior_precision()
+
+    @property
+    def log_det_ratio(self) -> torch.Tensor:
+        r""":math:`\log\det P - \log\det P_0`, formed without cancellation
+        (:func:`.evidence.log_det_ratio` on the exact path; both sums in float64
+        on the Cholesky path)."""
+        self._check_H_init()
+        return self._post.log_det_ratio()
+
+    def sample(
+        self, n_samples: int = 100, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Samples of all D weights (subnetwork drawn, the rest at the MAP)."""
+        d = self.precision.sample(n_samples, generator).to(self._dtype)
+        return self.assemble_full_samples(self.mean_subnet + d)
+
+    def functional_variance(self, Js: torch.Tensor) -> torch.Tensor:
+        """``(b, c, k)`` GLM output covariance of Jacobians ``(b, c, s)``.
+
+        Eigen path: O(S^2) per block; otherwise a triangular solve with the
+        Cholesky factor (or a product with the covariance / its square root,
+        whichever the buffer holds): O(b c S) memory, no S x S matrix."""
+        return self.precision.functional_variance(Js).to(self._dtype)
+
+    def functional_covariance(self, Js: torch.Tensor) -> torch.Tensor:
+        """``(b*c, b*c)`` joint GLM output covariance."""
+        return self.precision.functional_covariance(Js).to(self._dtype)
+
+    def square_norm(self, value: torch.Tensor) -> torch.Tensor:
+        """Mahalanobis norm of ``value`` (length D or S) around the subnetwork mean."""
+        if value.shape[-1] == self.n_params:
+            value = value[..., self._post.layout.indices]
+        return self.precision.square_norm(value - self.mean_subnet)
+
+    def log_prob(self, value: torch.Tensor, normalized: bool = True) -> torch.Tensor:
+        """Log density of the subnetwork posterior at ``value`` (length D or S)."""
+        if not normalized:
+            return -self.square_norm(value) / 2
+        return (
+            -self.n_params_subnet / 2 * log(2 * pi)
+            + self.log_det_posterior_precision / 2
+            - self.square_norm(value) / 2
+        )
+
+    # ---------------------------------------------------------------- predictive
+    def __call__(self, x, pred_type="glm", *args, progress_bar: bool = False, **kw):
+        """laplace's predictive; ``progress_bar=True`` shows predictive blocks.
+
+        Raises :class:`~laplace_subnet_ext.NotFittedError` before :meth:`fit`
+        (a subnetwork given by indices alone is not a fitted posterior)."""
+        self._check_H_init()
+        self._post.set_progress(progress_bar)
+        try:
+            return super().__call__(x, pred_type, *args, **kw)
+        finally:
+            self._post.set_progress(False)
+
+    def _glm_predictive_distribution(
+        self, X, joint: bool = False, diagonal_output: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """GLM predictive, input blocks below ``predictive_block_bytes``."""
+        self._check_selected()
+        self._check_H_init()
+        if self.enable_backprop:  # differentiable route: laplace's backend Jacobians
+            return super()._glm_predictive_distribution(X, joint, diagonal_output)
+        return self._post.glm_predictive(
+            X, joint, diagonal_output, self._device, self._dtype, self._cdtype
+        )
+
+    # --------------------------------------------------------------- prior tuning
+    def optimize_prior_precision(
+        self,
+        pred_type: str = PredType.GLM,
+        method: str = TuningMethod.MARGLIK,
+        n_steps: int = 100,
+        lr: float = 1e-1,
+        init_prior_prec: float | torch.Tensor = 1.0,
+        prior_structure: str = PriorStructure.SCALAR,
+        **kwargs: Any,
+    ) -> None:
+        """laplace's prior tuning on the subnetwork, for every ``prior_structure``.
+
+        ``"scalar"`` marglik steps cost O(S) after one ``eigvalsh`` on the exact
+        path; on the large-S path (``marglik_method``) the scalar prior is found
+        by stochastic Lanczos quadrature plus an exact Newton correction
+        (``n_steps`` / ``lr`` unused; details in ``marglik_tuning_info``).
+        ``"layerwise"`` (one precision per touched tensor) and ``"diag"``
+        factorise the S x S precision in place at every step (O(S^3)). Grid
+        search eigendecomposes H once where that fits in memory (S <= 10,000),
+        else factorises per grid value. Other keyword arguments as in
+        ``laplace.BaseLaplace.optimize_prior_precision``.
+        """
+        tuning.check_tuning_arguments(pred_type, method, prior_structure)
+        self._check_H_init()
+        post = self._post
+        post.set_tuning_info(None)  # it describes the last tuning only
+        init = as_prior_tensor(
+            init_prior_prec, "init_prior_prec", self._device, self._dtype
+        )
+        if method == "marglik" and init.numel() == 1 and prior_structure != "scalar":
+            n = (
+                len(post.layout.selections)
+                if prior_structure == "layerwise"
+                else self.n_params_subnet
+            )
+            init = init.expand(n).clone()
+            post.prior.set_precision(init, post.layout, structure=prior_structure)
+        if (
+            method == "marglik"
+            and prior_structure == "scalar"
+            and init.numel() == 1
+            and post.marglik_path() == MarglikMethod.SLQ
+        ):
+            post.set_tuning_info(tune_scalar_prior_slq(self))
+            return
+        if method == "gridsearch" and self._eig_affordable():
+            post.precision_object.eigh()  # every grid value then O(S^2), no Cholesky
+        with tuning.quiet_link_notice(method, kwargs):
+            super().optimize_prior_precision(
+                pred_type, method, n_steps, lr, init, prior_structure, **kwargs
+            )
+        if method == "gridsearch":
+            tuning.warn_grid_edge(self.prior_precision, kwargs)
+
+    def _gridsearch(
+        self,
+        loss: Any,
+        interval: torch.Tensor,
+        val_loader: Any,
+        pred_type: str,
+        link_approx: str = "probit",
+        n_samples: int = 100,
+        progress_bar: bool = False,
+    ) -> torch.Tensor:
+        """laplace's hook; :func:`.tuning.gridsearch` (the metric reset per value,
+        non-finite scores skipped)."""
+        return tuning.gridsearch(
+            self, loss, interval, val_loader, pred_type, link_approx, n_samples,
+            progress_bar,
+        )  # fmt: skip
+
+    def optimize_prior_and_noise(
+        self, n_steps: int = 100, lr: float = 1e-1, tune_sigma_noise: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Maximise the log marginal likelihood jointly in :math:`\lambda` and :math:`\sigma`.
+
+        Adam on :math:`\log\lambda` (keeping the current prior structure) and, for
+        regression, :math:`\log\sigma`. With a scalar prior each step is O(S)
+        after one eigendecomposition of the curvature (exact path) or of its SLQ
+        spectrum (large-S path, ``marglik_method``).
+
+        Returns
+        -------
+        prior_precision, sigma_noise : torch.Tensor
+        """
+        if tune_sigma_noise and self.likelihood != "regression":
+            raise ValueError(
+                "tune_sigma_noise=True needs likelihood='regression'; got "
+                f"{self.likelihood!r}. Pass tune_sigma_noise=False."
+            )
+        self._check_H_init()
+        post = self._post
+        spectrum = None
+        if (
+            post.prior.structure == PriorStructure.SCALAR
+            and post.marglik_path() == MarglikMethod.SLQ
+        ):  # large S: SLQ spectrum, O(m k) per step
+            spectrum = post.precision_object.slq(**SLQ_DEFAULTS)
+        return tuning.optimize_prior_and_noise(
+            self, n_steps, lr, tune_sigma_noise, spectrum
+        )
+
+    def _eig_affordable(self) -> bool:
+        """Exact path and H's eigendecomposition fits (budget or free memory)."""
+        if not self._post.exact_scalar():
+            return False
+        try:
+            self._post.precision_object.check_fits(
+                EIGH_MATRICES, "its eigendecomposition"
+            )
+        except ValueError:
+            return False
+        return True
+
+    # --------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """laplace's state plus the subnetwork, prior structure and model signature
+        (:mod:`.state`)."""
+        return {**super().state_dict(), **_state.extra_state(self)}
+
+    def laplace_state_dict(self) -> dict[str, Any]:
+        """This posterior in the format of laplace's ``FullSubnetLaplace``
+        (:func:`.state.as_laplace_state`)."""
+        return _state.as_laplace_state(self, super().state_dict())
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`, or a state of laplace's ``FullSubnetLaplace``
+        (see :mod:`.state`); a mismatching model raises ``ValueError``."""
+        state = _state.check_state(self, state_dict)
+        old = None if self._post.layout is None else self._post.layout.indices
+        _state.warn_if_other_subnetwork(old, state["subnetwork_indices"])
+        self._set_subnetwork(
+            state["subnetwork_indices"], given="state_dict", restrict_prior=False
+        )
+        post = self._post
+        post.prior.load(
+            post.layout,
+            state["prior_precision"],
+            state["prior_mean"],
+            state["prior_structure"],
+            state["prior_rescaling"],
+            state["prior_precision_full_network"],
+        )
+        self.sigma_noise = state["sigma_noise"]
+        self.temperature = state["temperature"]
+        post.restore(
+            state["H"].to(self._device, self._cdtype, copy=True),
+            state["loss"],
+            state["n_data"],
+            state["n_outputs"],
+            state["mean"].to(self._device),
+        )

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from laplace_subnet_ext.numerics import linalg
+from laplace_subnet_ext.numerics.evidence import log_det_ratio
 from laplace_subnet_ext.numerics.memory import (
     CURVATURE_MATRICES,
     EIGH_MATRICES,
@@ -79,7 +80,7 @@ class _CholeskyLogDet(torch.autograd.Function):
     @staticmethod
     def forward(ctx, prior_diag, h, owner):  # noqa: D102
         f = owner._current()
-        ctx.owner = owner
+        ctx.owner, ctx.key = owner, f.key
         ctx.save_for_backward(prior_diag, torch.as_tensor(h))
         if f.source != "cholesky":  # C = V e^{-1/2}: log det P = -2 log|det C|
             return -2 * torch.linalg.slogdet(f.buf.double())[1]
@@ -90,7 +91,16 @@ class _CholeskyLogDet(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         prior_diag, h = ctx.saved_tensors
-        d = ctx.owner._convert("cov").diagonal().to(prior_diag.dtype)
+        owner = ctx.owner
+        if owner._key() != ctx.key:
+            # the prior, noise or H changed since the forward pass: the gradient
+            # is of the forward's P, never of the current one
+            raise RuntimeError(
+                "the posterior's prior, noise or curvature changed between the "
+                "forward and the backward pass of its log determinant; call "
+                "backward() before changing them."
+            )
+        d = owner._convert("cov").diagonal().to(prior_diag.dtype)
         S = d.numel()
         grad = grad.to(prior_diag.dtype)
         g_prior = grad * d
@@ -433,7 +443,7 @@ class DensePrecision:
         r""":math:`\log\det P - \log\det P_0 = \sum_i\operatorname{log1p}(hg_i/\lambda)`
         (scalar prior; no cancellation)."""
         lam = self._need_scalar("log_det_ratio_eig")
-        return torch.log1p(self.h * self.eigvalsh() / lam).sum()
+        return log_det_ratio(self.eigvalsh(), self.h, lam)
 
     def _need_scalar(self, what: str) -> torch.Tensor:
         if self.scalar_prior is None:

@@ -38,6 +38,12 @@ from typing import Any
 
 import torch
 
+from laplace_subnet_ext.numerics.evidence import (
+    argmax_log_prior,
+    argmax_scalar_evidence,
+    scalar_evidence,
+)
+
 __all__ = ["tune_scalar_prior_slq", "SLQ_DEFAULTS"]
 
 logger = logging.getLogger("laplace_subnet_ext")
@@ -45,39 +51,11 @@ logger = logging.getLogger("laplace_subnet_ext")
 #: SLQ probes m, Lanczos steps k and probe seed of the large-S path (accuracy
 #: benchmark: lambda within 0.05 % after the exact correction)
 SLQ_DEFAULTS = {"n_probes": 32, "n_steps": 64, "seed": 0}
-#: search interval of log(lambda), its grid points and golden-section steps
-LOG_LAMBDA_RANGE = (-20.0, 20.0)
-GRID_POINTS = 401
-GOLDEN_STEPS = 80
 #: finite-difference step of the surrogate's curvature, the smallest curvature
 #: a Newton step divides by, and the largest Newton step in log(lambda)
 CURVATURE_STEP = 1e-3
 MIN_CURVATURE = 1e-12
 MAX_NEWTON_STEP = 0.5
-
-
-def _surrogate(t: torch.Tensor, nodes, weights, h: float, S: int, sc: float):
-    """``psi(t)`` for a vector of ``t`` (float64), from SLQ nodes / weights."""
-    lam = t.exp()[:, None]  # the weights sum to S: log det ratio without cancellation
-    ratio = (weights * torch.log1p(h * nodes / lam)).sum(-1)
-    return -0.5 * (ratio + lam[:, 0] * sc)
-
-
-def _argmax(
-    fn, lo: float = LOG_LAMBDA_RANGE[0], hi: float = LOG_LAMBDA_RANGE[1]
-) -> float:
-    grid = torch.linspace(lo, hi, GRID_POINTS, dtype=torch.float64)
-    i = int(fn(grid).argmax())
-    a, b = float(grid[max(i - 1, 0)]), float(grid[min(i + 1, GRID_POINTS - 1)])
-    r = (math.sqrt(5) - 1) / 2
-    for _ in range(GOLDEN_STEPS):
-        c, d = b - r * (b - a), a + r * (b - a)
-        fc, fd = fn(torch.tensor([c, d], dtype=torch.float64)).tolist()
-        if fc > fd:
-            b = d
-        else:
-            a = c
-    return (a + b) / 2
 
 
 def tune_scalar_prior_slq(
@@ -107,7 +85,8 @@ def tune_scalar_prior_slq(
     -------
     info : dict
         ``lambda_slq``, ``lambda``, ``log_marglik`` (exact, at ``lambda`` when
-        refined) and timings; also stored as ``la.marglik_tuning_info``.
+        refined) and timings (the posterior keeps them as
+        ``marglik_tuning_info``).
     """
     t0 = time.perf_counter()
     h = float(la.precision.h)
@@ -120,9 +99,9 @@ def tune_scalar_prior_slq(
     t_slq = time.perf_counter() - t0
 
     def psi(t):
-        return _surrogate(t, nodes, weights, h, S, sc)
+        return scalar_evidence(t, nodes, h, sc, weights)
 
-    t_hat = _argmax(psi)
+    t_hat = argmax_log_prior(psi)
     info: dict[str, float] = {
         "path": "slq",
         "n_probes": n_probes,
@@ -165,8 +144,7 @@ def tune_scalar_prior_slq(
 def _tune_on_data_spectrum(la: Any, h: float, S: int, sc: float, t0: float) -> dict:
     """The exact maximiser from H's data-space eigenvalues; one factorisation."""
     g = la.precision.data_spectrum()
-    ones = torch.ones_like(g)
-    t_star = _argmax(lambda t: _surrogate(t, g, ones, h, S, sc))
+    t_star = math.log(argmax_scalar_evidence(g, h, sc))
     t1 = time.perf_counter()
     with torch.no_grad():
         f_star = float(la.log_marginal_likelihood(math.exp(t_star)))
@@ -183,7 +161,8 @@ def _tune_on_data_spectrum(la: Any, h: float, S: int, sc: float, t0: float) -> d
 
 
 def _record(la: Any, info: dict, how: str) -> dict:
-    """Log the tuned prior and keep ``info`` as ``la.marglik_tuning_info``."""
+    """Log the tuned prior; ``info`` is returned (the posterior keeps it as
+    ``marglik_tuning_info``)."""
     logger.info(
         "scalar prior by marginal likelihood, large-S path (S=%d): %s lambda=%.4g "
         "(%.1f s)",
@@ -192,5 +171,4 @@ def _record(la: Any, info: dict, how: str) -> dict:
         info["lambda"],
         info["seconds"],
     )
-    la.marglik_tuning_info = info
     return info

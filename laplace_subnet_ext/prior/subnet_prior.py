@@ -138,7 +138,9 @@ class SubnetPrior:
         p, s = restrict_prior_precision(t, layout, current)
         self._precision, self._structure = p, PriorStructure(s)
 
-    def set_mean(self, value: float | torch.Tensor, layout: SubnetLayout | None) -> None:
+    def set_mean(
+        self, value: float | torch.Tensor, layout: SubnetLayout | None
+    ) -> None:
         t = self._tensor(value, "prior_mean")
         if layout is None:
             self._given_mean = t

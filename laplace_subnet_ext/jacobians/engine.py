@@ -258,11 +258,11 @@ class SubnetJacobians:
             nonlocal diag, weights
             if diag is None:
                 diag = cols.new_zeros(self.layout.n_subnet)
-            diag[sel.positions] += cols.pow(2).sum(0)
             weights = wts
             if self.verify and sel.name not in self.verified:
                 part = wts[:, k].to(cols.dtype) @ cols
                 check[sel.name] = check[sel.name] + part if sel.name in check else part
+            diag[sel.positions] += cols.square_().sum(0)  # cols is ours: in place
 
         _, f, fast, demoted, report = self._fast(
             candidates, x, out_factor=out_factor, sink=sink
@@ -514,7 +514,7 @@ class SubnetJacobians:
         return Jc, fc
 
 
-def _plan(sel: TensorSelection, use) -> _Gathered | _Blocked:
+def _plan(sel: TensorSelection, use) -> _Gathered | _Blocked | _Whole:
     r"""How one use's selected entries are formed.
 
     A dense block of per-sample gradients over the entries' rows :math:`R` and
@@ -526,6 +526,10 @@ def _plan(sel: TensorSelection, use) -> _Gathered | _Blocked:
     if use.outer is not None:
         in_f = use.outer.in_features
         s = sel.local.numel()
+        if s == sel.param.numel() and bool(
+            (sel.local == torch.arange(s, device=sel.local.device)).all()
+        ):  # every entry in order: the whole per-sample gradient, no gathering
+            return _Whole(use.outer, sel.local.device)
         rows, r_inv = torch.unique(sel.local // in_f, return_inverse=True)
         cols, c_inv = torch.unique(sel.local % in_f, return_inverse=True)
         span = rows.numel() * cols.numel()
@@ -559,6 +563,21 @@ class _Gathered:
             ],
             dim=1,
         )
+
+
+class _Whole:
+    r"""Every entry of a weight in order: the per-sample gradients
+    :math:`G_{bot} H_{bti}` flattened row-major (the parameter's own order), one
+    batched matmul, no gathering. The product is the result itself (its memory
+    is the caller's, e.g. :meth:`SubnetJacobians.diagonal`'s input chunk)."""
+
+    def __init__(self, outer, device: torch.device) -> None:
+        self.outer = outer
+        self.H = outer.in_cols(torch.arange(outer.in_features, device=device))
+
+    def contract(self, dz: torch.Tensor) -> torch.Tensor:
+        G = self.outer.out_rows(dz)  # (b, o, t)
+        return torch.bmm(G, self.H).flatten(1)
 
 
 class _Blocked:

@@ -14,16 +14,32 @@ private state attributes); ``tests/test_compat.py`` checks that each exists with
 the expected signature, so a laplace upgrade that changes one fails there, in
 one place. The output-Hessian privates of laplace's curvature interfaces are
 called through :func:`functional_hessian` and :func:`mc_functional_fisher` only.
+
+:data:`TORCH_PRIVATES` does the same for torch: the few private names the
+package reads (a tensor's version counter, module hook dicts) or rebinds
+(``torch.nn.functional.linear`` while an attention module runs), each behind
+one function here and checked by ``tests/test_compat.py``; no other module
+touches them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import laplace.laplace as _front
 import torch
+import torch.nn.functional as F
 from laplace.baselaplace import ParametricLaplace
+from torch import nn
+from torch.nn.modules import module as _torch_module
 
 __all__ = [
     "LAPLACE_PRIVATES",
+    "TORCH_PRIVATES",
+    "tensor_version",
+    "global_forward_hooks",
+    "has_module_hooks",
+    "swap_functional_linear",
     "functional_hessian",
     "init_parametric",
     "mc_functional_fisher",
@@ -77,6 +93,11 @@ LAPLACE_PRIVATES: dict[tuple[str, str], tuple[str, ...] | str] = {
     ("FullSubnetLaplace", "_posterior_scale"): "attribute",
     ("FullSubnetLaplace", "_sigma_noise"): "attribute",
     ("FullSubnetLaplace", "_key"): "attribute",
+    # state of laplace's SubnetMask that our strategies (its subclasses) set/read
+    ("SubnetMask", "_n_params"): "attribute",
+    ("SubnetMask", "_device"): "attribute",
+    ("SubnetMask", "_indices"): "attribute",
+    ("ScoreBasedSubnetMask", "_n_params_subnet"): "attribute",
     # output Hessians of the curvature interfaces
     ("GGNInterface", "_get_functional_hessian"): ("self", "f"),
     ("GGNInterface", "_get_mc_functional_fisher"): ("self", "f"),
@@ -100,6 +121,45 @@ LAPLACE_PRIVATES: dict[tuple[str, str], tuple[str, ...] | str] = {
         "asdl_fisher_kwargs",
     ),
 }
+
+
+#: torch's private names the package relies on: ``owner -> name``
+TORCH_PRIVATES: dict[str, tuple[str, ...]] = {
+    "torch.Tensor": ("_version",),
+    "torch.nn.modules.module": ("_global_forward_hooks",),
+    "torch.nn.Module": ("_forward_hooks", "_backward_hooks", "_is_full_backward_hook"),
+    "torch.nn.functional": ("linear",),  # public, but rebound (see below)
+}
+
+
+def tensor_version(t: torch.Tensor) -> int:
+    """The tensor's in-place version counter (caches keyed on it notice edits)."""
+    return t._version
+
+
+def global_forward_hooks() -> bool:
+    """Whether global module forward hooks are registered (torch keeps them in a
+    private dict; read defensively)."""
+    return bool(getattr(_torch_module, "_global_forward_hooks", None))
+
+
+def has_module_hooks(m: nn.Module) -> bool:
+    """Whether ``m`` has forward or regular backward hooks (a regular backward
+    hook, even one since removed, bars BackPACK's full backward hooks)."""
+    return bool(
+        m._backward_hooks or m._forward_hooks or m._is_full_backward_hook is False
+    )
+
+
+def swap_functional_linear(fn: Callable) -> Callable:
+    """Rebind ``torch.nn.functional.linear`` to ``fn``; return the previous one.
+
+    ``nn.MultiheadAttention`` calls ``F.linear`` by module attribute for its
+    projections; the attention rule records them by swapping it for the call
+    and restoring it when the module returns."""
+    old = F.linear
+    F.linear = fn
+    return old
 
 
 def init_parametric(la, model, likelihood, **kwargs) -> None:

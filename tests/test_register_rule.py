@@ -25,8 +25,6 @@ class Scale(nn.Module):
 
 
 class ScaleRule(Rule):
-    cls = Scale
-
     def __init__(self, wrong: float = 1.0) -> None:
         self.wrong = wrong
 
@@ -40,13 +38,13 @@ class ScaleRule(Rule):
 
         return [
             Use(
-                m.w,
-                output,
-                (a,),
-                n,
-                lambda local: A[:, :, local].transpose(1, 2),
-                lambda dz, local: rows(dz)[:, :, local].transpose(1, 2),
-                lambda u: u.reshape(n, -1),
+                param=m.w,
+                z=output,
+                inputs=(a,),
+                n=n,
+                factor=lambda local: A[:, :, local].transpose(1, 2),
+                gradient=lambda dz, local: rows(dz)[:, :, local].transpose(1, 2),
+                sample_rows=lambda u: u.reshape(n, -1),
             )
         ]
 
@@ -188,3 +186,50 @@ def test_rule_with_its_own_capture_hook_is_fast_and_exact():
     finally:
         if PairScale in RULES:
             unregister_rule(PairScale)
+
+
+def test_register_rule_as_a_decorator_is_the_same_registration(scale_rule):
+    """``@register_rule(Module)`` registers an instance of the class, exactly as
+    the call does; the built-in rules went through the same function."""
+    from laplace_subnet_ext.jacobians import RULES
+    from laplace_subnet_ext.jacobians.rules import LinearRule
+    from laplace_subnet_ext.jacobians.rules.registry import _BUILTIN
+
+    @register_rule(Scale)
+    class DecoratedScaleRule(ScaleRule):
+        pass
+
+    assert isinstance(RULES[Scale], DecoratedScaleRule)
+    la = _fit()
+    assert la.generic_reasons == {}
+    assert_close(la.H, _fit("functional").H, 1e-10, "H with the decorated rule")
+    assert (
+        isinstance(RULES[nn.Linear], LinearRule)
+        and RULES[nn.Linear] is _BUILTIN[nn.Linear]
+    )
+    with pytest.raises(TypeError, match="decorates a subclass"):
+        register_rule(nn.Tanh)(object)
+
+
+def test_use_is_built_by_keyword():
+    with pytest.raises(TypeError):
+        Use(torch.zeros(1), torch.zeros(1), (), 1, None, None, None)  # positional
+
+
+def test_register_layout_owner_validates_and_refuses_duplicates():
+    from laplace_subnet_ext.jacobians import register_layout_owner
+    from laplace_subnet_ext.jacobians.rules import LAYOUT_OWNERS
+
+    with pytest.raises(ValueError, match="already a layout owner"):
+        register_layout_owner(nn.TransformerEncoderLayer, lambda m: True)
+    with pytest.raises(TypeError, match="must be callable"):
+        register_layout_owner(Scale, True)
+    register_layout_owner(Scale, lambda m: False)
+    try:
+        from laplace_subnet_ext.jacobians.rules import sequence_first_modules
+
+        model = nn.Sequential(Scale(3))
+        model[0].inner = nn.Linear(3, 3)
+        assert id(model[0].inner) in sequence_first_modules(model)
+    finally:
+        del LAYOUT_OWNERS[Scale]

@@ -28,13 +28,13 @@ class OffByOnePercent(LinearRule):
             if u.param is module.weight:
                 g = u.gradient
                 u = Use(
-                    u.param,
-                    u.z,
-                    u.inputs,
-                    u.n,
-                    u.factor,
-                    lambda dz, loc, g=g: 1.01 * g(dz, loc),
-                    u.sample_rows,
+                    param=u.param,
+                    z=u.z,
+                    inputs=u.inputs,
+                    n=u.n,
+                    factor=u.factor,
+                    gradient=lambda dz, loc, g=g: 1.01 * g(dz, loc),
+                    sample_rows=u.sample_rows,
                 )
             out.append(u)
         return out

@@ -126,13 +126,13 @@ class MisattributingLinear(LinearRule):
             g = u.gradient
             out.append(
                 Use(
-                    u.param,
-                    u.z,
-                    u.inputs,
-                    u.n,
-                    u.factor,
-                    lambda dz, loc, g=g: g(dz, loc).roll(1, dims=0),
-                    lambda dz, u=u: u.sample_rows(dz).roll(1, dims=0),
+                    param=u.param,
+                    z=u.z,
+                    inputs=u.inputs,
+                    n=u.n,
+                    factor=u.factor,
+                    gradient=lambda dz, loc, g=g: g(dz, loc).roll(1, dims=0),
+                    sample_rows=lambda dz, u=u: u.sample_rows(dz).roll(1, dims=0),
                 )
             )
         return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -13,6 +12,7 @@ from torch import nn
 from laplace_subnet_ext.diagnostics.capture import FullNetworkReference
 from laplace_subnet_ext.diagnostics.plot import pyplot
 from laplace_subnet_ext.selection.registry import get
+from laplace_subnet_ext.selection.resolve import build_mask
 
 #: Exceptions that mean "this strategy does not apply to this model or size";
 #: :func:`selection_quality` records them as a row's ``error``.
@@ -25,18 +25,15 @@ def _build(strategy: Any, model, likelihood, S: int, ref: FullNetworkReference, 
     if callable(strategy) and not isinstance(strategy, type):
         return strategy(S)
     cls = get(strategy) if isinstance(strategy, str) else strategy
-    params = inspect.signature(cls.__init__).parameters
-    kwargs = {"model": model, **kw}
-    if "n_params_subnet" in params:
-        kwargs["n_params_subnet"] = S
-    for name, value in (
-        ("likelihood", likelihood),
-        ("prior_precision", ref.prior_precision),
-        ("sigma_noise", ref.sigma_noise),
-    ):
-        if name in params:
-            kwargs.setdefault(name, value)
-    return cls(**kwargs)
+    return build_mask(
+        cls,
+        model,
+        dict(kw),
+        n_params_subnet=S,
+        likelihood=likelihood,
+        prior_precision=ref.prior_precision,
+        sigma_noise=ref.sigma_noise,
+    )
 
 
 def selection_quality(

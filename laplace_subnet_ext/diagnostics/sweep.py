@@ -31,7 +31,6 @@ from laplace_subnet_ext.diagnostics.metrics import (
     regression_metrics,
 )
 from laplace_subnet_ext.jacobians.batching import split_batch
-from laplace_subnet_ext.numerics import linalg
 
 __all__ = ["PriorSweep", "prior_sweep", "glm_along_priors"]
 
@@ -79,12 +78,12 @@ def _batches(data, dict_key_y: str) -> Iterable[tuple]:
         yield split_batch(batch, dict_key_y)
 
 
-def _projected(la, data, V):
+def _projected(la, data, precision):
     """``(J V, f, y)`` of one evaluation set, block by block."""
     JVs, fs, ys = [], [], []
     for X, y in _batches(data, la.dict_key_y):
         Js, f = la.jacobians(X)
-        JVs.append(Js.to(V.dtype) @ V)
+        JVs.append(precision.project(Js))
         fs.append(f)
         ys.append(y.to(f.device))
     return torch.cat(JVs), torch.cat(fs), torch.cat(ys)
@@ -142,28 +141,19 @@ def glm_along_priors(
     """
     _check_scalar_prior(la, "glm_along_priors")
     grid = _as_grid(prior_precisions)
-    g, V = la.eigendecompose()
+    precision = la.precision
+    precision.cache_eigh()
     blocks = (
         [X[i : i + batch_size] for i in range(0, len(X), batch_size)]
         if torch.is_tensor(X)
         else [X]
     )
     fs, fvars = [], []
-    h = la.precision.h
     with torch.no_grad():
         for xb in blocks:
             Js, f = la.jacobians(xb)
-            JV = Js.to(V.dtype) @ V
-            fvars.append(
-                torch.stack(
-                    [
-                        linalg.eig_functional_variance(
-                            JV, g, h, torch.tensor(lam, dtype=g.dtype, device=g.device)
-                        ).to(f.dtype)
-                        for lam in grid.tolist()
-                    ]
-                )
-            )
+            JV = precision.project(Js)
+            fvars.append(precision.variance_along(JV, grid.tolist()).to(f.dtype))
             fs.append(f)
     return torch.cat(fs), torch.cat(fvars, dim=1)
 
@@ -214,17 +204,16 @@ def prior_sweep(
         torch.logspace(-2, 4, 25) if prior_precisions is None else prior_precisions
     )
     saved = la.prior_precision.detach().clone()
-    g, V = la.eigendecompose()
+    precision = la.precision
+    precision.cache_eigh()
     sets = {"val": val, **dict(shifted or {})}
-    projected = {name: _projected(la, data, V) for name, data in sets.items()}
+    projected = {name: _projected(la, data, precision) for name, data in sets.items()}
     scale = la.n_params / la.n_params_subnet if la.prior_rescaling else 1.0
     sweep = PriorSweep(grid)
-    h = la.precision.h
     with torch.no_grad():
         for lam in grid.tolist():
-            lam_t = torch.tensor(lam, dtype=g.dtype, device=g.device)
             for name, (JV, f, y) in projected.items():
-                f_var = linalg.eig_functional_variance(JV, g, h, lam_t).to(f.dtype)
+                f_var = precision.variance_along(JV, [lam])[0].to(f.dtype)
                 row = {
                     "prior_precision": lam,
                     "full_network_prior_precision": lam * scale,

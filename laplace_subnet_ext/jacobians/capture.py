@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from laplace_subnet_ext._compat import global_forward_hooks
 from laplace_subnet_ext.jacobians.rules import Use, rule_for, sequence_first_modules
 
 __all__ = ["FastCapture", "holders"]
@@ -41,14 +42,6 @@ def holders(model: nn.Module, params: list[torch.Tensor]) -> list[nn.Module]:
         if rule is not None and any(id(p) in wanted for p in rule.params(m)):
             out.append(m)
     return out
-
-
-def _global_forward_hooks() -> bool:
-    """Whether global module forward hooks are registered (torch keeps them in a
-    private dict; read defensively)."""
-    from torch.nn.modules import module as _module
-
-    return bool(getattr(_module, "_global_forward_hooks", None))
 
 
 class FastCapture:
@@ -72,7 +65,7 @@ class FastCapture:
         self.foreign_hooks = (
             "a global forward hook is registered (it runs before the capture "
             "hooks and may change module outputs)"
-            if _global_forward_hooks()
+            if global_forward_hooks()
             else ""
         )
 

@@ -28,7 +28,14 @@ __all__ = [
     "add_batch_curvature",
     "mirror_upper",
     "rows_per_sample",
+    "output_hessian_root",
 ]
+
+
+#: laplace's GGN interface per likelihood, on no model (for its output Hessian)
+_GGN = {
+    lik: GGNInterface(nn.Identity(), lik) for lik in ("classification", "regression")
+}
 
 
 def output_curvature(
@@ -52,17 +59,19 @@ def output_curvature(
 
 
 def output_hessian(f: torch.Tensor, likelihood: str) -> torch.Tensor | None:
-    r"""The GGN's output Hessian :math:`\Lambda_b` of one batch, ``(b, c, k)``.
+    r"""The GGN's output Hessian :math:`\Lambda_b` of one batch, ``(b, c, k)``:
+    laplace's own (``GGNInterface``'s functional Hessian, through
+    :func:`laplace_subnet_ext._compat.functional_hessian`), so fit, selection
+    and diagnostics use the curvature laplace defines.
 
     Classification (and reward modeling's fit): the softmax Hessian
     :math:`\operatorname{diag}(p_b) - p_b p_b^\top` of the cross-entropy;
     regression: ``None``, meaning the identity (laplace's GGN; the factor
     :math:`1/\sigma^2` is applied with the prior).
     """
-    if likelihood == "regression":
-        return None
-    p = torch.softmax(f, dim=-1)
-    return torch.diag_embed(p) - p.unsqueeze(-1) * p.unsqueeze(-2)
+    if likelihood == "reward_modeling":
+        likelihood = "classification"
+    return functional_hessian(_GGN[likelihood], f)
 
 
 def output_hessian_root(f: torch.Tensor, likelihood: str) -> torch.Tensor | None:

@@ -638,10 +638,7 @@ class DenseSubnetLaplace(FullSubnetLaplace):
             against the memory plan; the cache itself is not handed out).
         """
         self._check_H_init()
-        p = self._post.precision_object
-        g, V = p.eigh()
-        p.check_fits(EIGH_MATRICES, "a copy of its eigenvectors")
-        return g.clone(), V.clone()
+        return self._post.precision_object.eigh()
 
     @property
     def _uses_eig(self) -> bool:
@@ -812,7 +809,7 @@ class DenseSubnetLaplace(FullSubnetLaplace):
             post.set_tuning_info(tune_scalar_prior_slq(self))
             return
         if method == "gridsearch" and self._eig_affordable():
-            post.precision_object.eigh()  # every grid value then O(S^2), no Cholesky
+            post.precision_object.cache_eigh()  # each grid value then O(S^2)
         with tuning.quiet_link_notice(method, kwargs):
             super().optimize_prior_precision(
                 pred_type, method, n_steps, lr, init, prior_structure, **kwargs
@@ -820,22 +817,9 @@ class DenseSubnetLaplace(FullSubnetLaplace):
         if method == "gridsearch":
             tuning.warn_grid_edge(self.prior_precision, kwargs)
 
-    def _gridsearch(
-        self,
-        loss: Any,
-        interval: torch.Tensor,
-        val_loader: Any,
-        pred_type: str,
-        link_approx: str = "probit",
-        n_samples: int = 100,
-        progress_bar: bool = False,
-    ) -> torch.Tensor:
-        """laplace's hook; :func:`.tuning.gridsearch` (the metric reset per value,
-        non-finite scores skipped)."""
-        return tuning.gridsearch(
-            self, loss, interval, val_loader, pred_type, link_approx, n_samples,
-            progress_bar,
-        )  # fmt: skip
+    #: laplace's grid-search hook: :func:`.tuning.gridsearch` (the metric reset
+    #: per value, non-finite scores skipped), ``self`` as its posterior
+    _gridsearch = tuning.gridsearch
 
     def optimize_prior_and_noise(
         self, n_steps: int = 100, lr: float = 1e-1, tune_sigma_noise: bool = True

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 
+from laplace_subnet_ext._compat import tensor_version
 from laplace_subnet_ext.numerics import linalg
 from laplace_subnet_ext.numerics.evidence import log_det_ratio
 from laplace_subnet_ext.numerics.memory import (
@@ -39,7 +41,7 @@ from laplace_subnet_ext.numerics.memory import (
 )
 from laplace_subnet_ext.numerics.slq import lanczos_quadrature
 
-__all__ = ["DensePrecision"]
+__all__ = ["DensePrecision", "FactorKind", "FactorSource"]
 
 
 def _info() -> torch.Tensor:
@@ -49,6 +51,28 @@ def _info() -> torch.Tensor:
 def _number(x: torch.Tensor | float) -> float:
     """A float of a (possibly grad-tracking) scalar."""
     return float(x.detach()) if torch.is_tensor(x) else float(x)
+
+
+class FactorKind(str, Enum):
+    """What the factor buffer beside H holds."""
+
+    #: lower Cholesky factor :math:`L` of the precision, :math:`P = LL^\top`
+    PREC_CHOL = "prec_chol"
+    #: the covariance :math:`\Sigma = P^{-1}`
+    COV = "cov"
+    #: a square root :math:`C` of the covariance, :math:`CC^\top = \Sigma`
+    COV_SQRT = "cov_sqrt"
+
+
+class FactorSource(str, Enum):
+    """How the factor buffer was computed."""
+
+    #: in place from :math:`P` (converts between kinds)
+    CHOLESKY = "cholesky"
+    #: the scalar-prior eigen square root :math:`V(hg + \lambda)^{-1/2}`
+    EIGEN = "eigen"
+    #: the fallback for a numerically non-PD precision (eigenvalues floored)
+    FLOORED = "floored"
 
 
 @dataclass
@@ -65,7 +89,7 @@ class _Factor:
     kind: str
     buf: torch.Tensor
     key: tuple
-    source: str = "cholesky"
+    source: FactorSource = FactorSource.CHOLESKY
 
 
 class _CholeskyLogDet(torch.autograd.Function):
@@ -82,10 +106,12 @@ class _CholeskyLogDet(torch.autograd.Function):
         f = owner._current()
         ctx.owner, ctx.key = owner, f.key
         ctx.save_for_backward(prior_diag, torch.as_tensor(h))
-        if f.source != "cholesky":  # C = V e^{-1/2}: log det P = -2 log|det C|
+        if (
+            f.source != FactorSource.CHOLESKY
+        ):  # C = V e^{-1/2}: log det P = -2 log|det C|
             return -2 * torch.linalg.slogdet(f.buf.double())[1]
         del f  # (a reference here would keep the old buffer alive while refactoring)
-        L = owner._convert("prec_chol")
+        L = owner._convert(FactorKind.PREC_CHOL)
         return 2 * L.diagonal().log().sum(dtype=torch.float64)  # float64 on purpose
 
     @staticmethod
@@ -100,7 +126,7 @@ class _CholeskyLogDet(torch.autograd.Function):
                 "forward and the backward pass of its log determinant; call "
                 "backward() before changing them."
             )
-        d = owner._convert("cov").diagonal().to(prior_diag.dtype)
+        d = owner._convert(FactorKind.COV).diagonal().to(prior_diag.dtype)
         S = d.numel()
         grad = grad.to(prior_diag.dtype)
         g_prior = grad * d
@@ -162,7 +188,7 @@ class DensePrecision:
         self._factor = None
 
     def _H_key(self) -> tuple[int, int]:
-        return (id(self.H), self.H._version)
+        return (id(self.H), tensor_version(self.H))
 
     def set_prior(
         self,
@@ -218,7 +244,39 @@ class DensePrecision:
 
     # ---------------------------------------------------------- spectra of H
     def eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""Cached :math:`H = V\operatorname{diag}(g)V^\top`: ``(g, V)``, ``g >= 0``."""
+        r""":math:`H = V\operatorname{diag}(g)V^\top`: ``(g, V)``, ``g >= 0``, computed
+        once per H and cached; copies are handed out (V: one more S x S matrix,
+        checked against the memory plan)."""
+        g, V = self._eigh()
+        self.check_fits(EIGH_MATRICES, "a copy of its eigenvectors")
+        return g.clone(), V.clone()
+
+    def cache_eigh(self) -> None:
+        """Compute and cache the eigendecomposition (nothing handed out)."""
+        self._eigh()
+
+    def project(self, Js: torch.Tensor) -> torch.Tensor:
+        """``(b, c, s)`` Jacobians in H's eigenbasis, :math:`J V` (cached ``eigh``)."""
+        _, V = self._eigh()
+        return Js.to(V.dtype) @ V
+
+    def variance_along(self, JV: torch.Tensor, priors) -> torch.Tensor:
+        r"""``(m, b, c, k)`` :math:`J\Sigma J^\top` at each scalar prior of
+        ``priors`` from projected Jacobians :math:`JV` (:meth:`project`): O(b c S)
+        per value, no factorisation; the same formula as
+        :meth:`functional_variance` on the eigen path."""
+        g, _ = self._eigh()
+        return torch.stack(
+            [
+                linalg.eig_functional_variance(
+                    JV, g, self.h, torch.as_tensor(lam, dtype=g.dtype, device=g.device)
+                )
+                for lam in priors
+            ]
+        )
+
+    def _eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached eigendecomposition itself (not handed out)."""
         if self._eig is None or self._eig[0] != self._H_key():
             self.check_fits(EIGH_MATRICES, "its eigendecomposition")
             self._eig = (self._H_key(), *linalg.psd_eigh(self.H.detach()))
@@ -230,8 +288,12 @@ class DensePrecision:
         return self._eig is not None and self._eig[0] == self._H_key()
 
     def eigvalsh(self) -> torch.Tensor:
-        """Cached ``(s,)`` eigenvalues of H clipped at 0 (from :meth:`eigh` if
-        cached; ``eigvalsh`` costs about a quarter of a full ``eigh``)."""
+        """``(s,)`` eigenvalues of H clipped at 0 (a copy of the cache; from
+        :meth:`eigh` if cached; ``eigvalsh`` costs about a quarter of a full
+        ``eigh``)."""
+        return self._eigvalsh().clone()
+
+    def _eigvalsh(self) -> torch.Tensor:
         if self.has_eigh:
             return self._eig[1]
         if self._eigvals is None or self._eigvals[0] != self._H_key():
@@ -279,7 +341,7 @@ class DensePrecision:
         padded with zeros where the rows are dependent)."""
         if not self.has_data_spectrum:
             raise RuntimeError("no data-space spectrum for the current H.")
-        return self._data[1]
+        return self._data[1].clone()
 
     def slq(
         self, n_probes: int, n_steps: int, seed: int
@@ -300,7 +362,7 @@ class DensePrecision:
                 self.H.detach(), n_probes, n_steps, seed
             )
             self._slq = (key, nodes, weights)
-        return self._slq[1], self._slq[2]
+        return self._slq[1].clone(), self._slq[2].clone()
 
     # -------------------------------------------------------------- the factor
     @property
@@ -315,9 +377,11 @@ class DensePrecision:
             return f
         f = self._factor = None  # free the old buffer before the new one
         if self.uses_eigen:
-            g, V = self.eigh()
+            g, V = self._eigh()
             C = linalg.eig_scale(g, V, self.h, self.scalar_prior)
-            f = self._factor = _Factor("cov_sqrt", C.detach(), self._key(), "eigen")
+            f = self._factor = _Factor(
+                FactorKind.COV_SQRT, C.detach(), self._key(), FactorSource.EIGEN
+            )
         else:
             f = self._factor = self._cholesky()
         return f
@@ -335,20 +399,27 @@ class DensePrecision:
         buf = store.mT  # column-major: LAPACK works on it without a copy
         _, info = torch.linalg.cholesky_ex(buf, out=(buf, _info()))
         if info.item() == 0:
-            return _Factor("prec_chol", buf, self._key())
+            return _Factor(FactorKind.PREC_CHOL, buf, self._key())
         del store, buf
         if self.scalar_prior is not None:
             self._warn_not_pd("eigendecomposing H once (cached for every prior)")
-            g, V = self.eigh()
+            g, V = self._eigh()
             C = linalg.eig_scale(g, V, self.h, self.scalar_prior)
-            return _Factor("cov_sqrt", C.detach(), self._key(), "eigen")
+            return _Factor(
+                FactorKind.COV_SQRT, C.detach(), self._key(), FactorSource.EIGEN
+            )
         self._warn_not_pd("using its eigendecomposition, eigenvalues >= min prior")
         self.check_fits(
             FACTOR_MATRICES + EIGH_MATRICES, "the eigendecomposition fallback"
         )
         floor = self.prior_diag.min().detach()
         e, V = linalg.floored_eigh(self.matrix(), floor)
-        return _Factor("cov_sqrt", (V * e.rsqrt()).detach(), self._key(), "floored")
+        return _Factor(
+            FactorKind.COV_SQRT,
+            (V * e.rsqrt()).detach(),
+            self._key(),
+            FactorSource.FLOORED,
+        )
 
     def _warn_not_pd(self, remedy: str) -> None:
         fix = "a larger prior precision"
@@ -368,22 +439,24 @@ class DensePrecision:
         f = self._current()
         if f.kind == kind:
             return f.buf
-        if f.source != "cholesky":  # a non-triangular square root
-            if kind == "cov":
+        if f.source != FactorSource.CHOLESKY:  # a non-triangular square root
+            if kind == FactorKind.COV:
                 return f.buf @ f.buf.T
             raise torch.linalg.LinAlgError(
                 "the posterior precision has no Cholesky factor (not numerically "
                 "positive definite); use curvature_dtype=torch.float64 or a larger "
                 "prior precision."
             )
-        if kind == "prec_chol" or (kind == "cov" and f.kind == "cov_sqrt"):
+        if kind == FactorKind.PREC_CHOL or (
+            kind == FactorKind.COV and f.kind == FactorKind.COV_SQRT
+        ):
             del f  # free the buffer before the new one: never two factors
             self._factor = None  # refactorise from H (O(S^3), no memory)
             return self._convert(kind)
-        if f.kind == "prec_chol":
+        if f.kind == FactorKind.PREC_CHOL:
             torch.cholesky_inverse(f.buf, out=f.buf)
-            f.kind = "cov"
-        if kind == "cov_sqrt":
+            f.kind = FactorKind.COV
+        if kind == FactorKind.COV_SQRT:
             _, info = torch.linalg.cholesky_ex(f.buf, out=(f.buf, _info()))
             if info.item() != 0:
                 self._factor = None
@@ -391,7 +464,7 @@ class DensePrecision:
                     "the posterior covariance is not numerically positive definite; "
                     "use curvature_dtype=torch.float64 or a larger prior precision."
                 )
-            f.kind = "cov_sqrt"
+            f.kind = FactorKind.COV_SQRT
         return f.buf
 
     def buffer(self) -> torch.Tensor | None:
@@ -418,16 +491,20 @@ class DensePrecision:
         needs another form (``sample``, ``whiten``, a prior or noise change)
         overwrites in place."""
         f = self._current()
-        buf = f.buf if f.source != "cholesky" else self._convert("cov_sqrt")
+        buf = (
+            f.buf
+            if f.source != FactorSource.CHOLESKY
+            else self._convert(FactorKind.COV_SQRT)
+        )
         return self._handed_out(buf, copy, "covariance square root")
 
     def covariance(self, copy: bool = True) -> torch.Tensor:
         r"""``(s, t)`` :math:`\Sigma = P^{-1}` (in place of the factor on the
         Cholesky path; ``copy`` as in :meth:`scale`)."""
         f = self._current()
-        if f.source != "cholesky":  # a product: already a new tensor
+        if f.source != FactorSource.CHOLESKY:  # a product: already a new tensor
             return f.buf @ f.buf.T
-        return self._handed_out(self._convert("cov"), copy, "covariance")
+        return self._handed_out(self._convert(FactorKind.COV), copy, "covariance")
 
     def log_det(self) -> torch.Tensor:
         r"""float64 :math:`\log\det P` from the Cholesky factor, differentiable in
@@ -437,13 +514,13 @@ class DensePrecision:
     def log_det_eig(self) -> torch.Tensor:
         r""":math:`\log\det P` from the eigenvalues of H (scalar prior; O(S))."""
         lam = self._need_scalar("log_det_eig")
-        return linalg.eig_logdet(self.eigvalsh(), self.h, lam)
+        return linalg.eig_logdet(self._eigvalsh(), self.h, lam)
 
     def log_det_ratio_eig(self) -> torch.Tensor:
         r""":math:`\log\det P - \log\det P_0 = \sum_i\operatorname{log1p}(hg_i/\lambda)`
         (scalar prior; no cancellation)."""
         lam = self._need_scalar("log_det_ratio_eig")
-        return log_det_ratio(self.eigvalsh(), self.h, lam)
+        return log_det_ratio(self._eigvalsh(), self.h, lam)
 
     def _need_scalar(self, what: str) -> torch.Tensor:
         if self.scalar_prior is None:
@@ -456,11 +533,11 @@ class DensePrecision:
         f = self._current()
         b, c, s = Js.shape
         flat = Js.reshape(b * c, s)
-        if f.kind == "prec_chol":
+        if f.kind == FactorKind.PREC_CHOL:
             X = torch.linalg.solve_triangular(f.buf, flat.T, upper=False).T
             X = X.reshape(b, c, s)
             return X, X
-        if f.kind == "cov":
+        if f.kind == FactorKind.COV:
             return Js, (flat @ f.buf).reshape(b, c, s)
         X = (flat @ f.buf).reshape(b, c, s)
         return X, X
@@ -469,8 +546,7 @@ class DensePrecision:
         """``(b, c, k)`` :math:`J\\Sigma J^\\top` of Jacobians ``(b, c, s)`` (H's dtype)."""
         Js = Js.to(self.H.dtype)
         if self.uses_eigen:
-            g, V = self.eigh()
-            return linalg.eig_functional_variance(Js @ V, g, self.h, self.scalar_prior)
+            return self.variance_along(self.project(Js), [self.scalar_prior])[0]
         return torch.einsum("bcs,bks->bck", *self.whiten(Js))
 
     def functional_covariance(self, Js: torch.Tensor) -> torch.Tensor:
@@ -490,7 +566,7 @@ class DensePrecision:
             generator=generator,
         )  # fmt: skip
         f = self._current()
-        if f.kind == "prec_chol":
+        if f.kind == FactorKind.PREC_CHOL:
             return torch.linalg.solve_triangular(f.buf.mT, z.T, upper=True).T
         return z @ self.scale(copy=False).T
 

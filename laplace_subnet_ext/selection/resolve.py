@@ -11,7 +11,18 @@ from torch.utils.data import DataLoader
 
 from laplace_subnet_ext.selection.registry import get
 
-__all__ = ["select_indices"]
+__all__ = ["select_indices", "build_mask"]
+
+
+def build_mask(cls: type, model: nn.Module, kwargs: dict[str, Any], **offered: Any):
+    """``cls(model=model, **kwargs)`` plus each ``offered`` value (None: not
+    offered) that ``cls``'s constructor takes and ``kwargs`` does not set."""
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {"model": model, **kwargs}
+    for name, value in offered.items():
+        if name in params and value is not None:
+            kwargs.setdefault(name, value)
+    return cls(**kwargs)
 
 
 def select_indices(
@@ -41,17 +52,15 @@ def select_indices(
     if isinstance(mask, str):
         mask = get(mask)
     if isinstance(mask, type):
-        params = inspect.signature(mask.__init__).parameters
-        kwargs.setdefault("model", model)
-        if "n_params_subnet" in params and n_params_subnet is not None:
-            kwargs.setdefault("n_params_subnet", n_params_subnet)
-        if "likelihood" in params:
-            kwargs.setdefault("likelihood", likelihood)
-        if "progress_bar" in params:
-            kwargs.setdefault("progress_bar", progress_bar)
-        if "memory_budget" in params and memory_budget is not None:
-            kwargs.setdefault("memory_budget", memory_budget)
-        mask = mask(**kwargs)
+        mask = build_mask(
+            mask,
+            model,
+            kwargs,
+            n_params_subnet=n_params_subnet,
+            likelihood=likelihood,
+            progress_bar=progress_bar,
+            memory_budget=memory_budget,
+        )
     if not hasattr(mask, "select"):
         raise TypeError(
             "subnetwork_mask must be a SubnetMask instance or class, or a registered "

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.utils import parameters_to_vector
 from torch.utils.data import DataLoader
 
+from laplace_subnet_ext._compat import has_module_hooks
 from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
 from laplace_subnet_ext.jacobians.batching import batch_size, slice_batch, split_batch
 from laplace_subnet_ext.jacobians.engine import BLOCK_BYTES
@@ -83,7 +84,7 @@ def backpack_applies(model: nn.Module) -> bool:
         return False  # laplace's BackPACK backend refuses frozen tensors
     for m in model.modules():
         # a regular backward hook, even one since removed, bars full ones
-        if m._backward_hooks or m._forward_hooks or m._is_full_backward_hook is False:
+        if has_module_hooks(m):
             return False
     for m in model.children():
         if type(m) is nn.Sequential:

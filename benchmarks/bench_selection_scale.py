@@ -102,6 +102,11 @@ def part_select(model, X, y, S: int) -> dict:
     return {
         "S": S,
         "seconds": total,
+        "seconds_screening": mask.stage_seconds["screening"],
+        "seconds_jacobians": mask.stage_seconds["jacobians"],
+        "seconds_greedy": mask.stage_seconds["greedy"],
+        "max_data": mask.max_data,
+        "pool": mask.pool_size,
         "block": mask.block_used,
         "n_zero_curvature": mask.n_zero_curvature,
         "chosen": int(chosen.sum()),

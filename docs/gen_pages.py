@@ -202,6 +202,37 @@ def greedy_synthetic() -> str:
     return "\n".join(lines)
 
 
+def selection_scale() -> str:
+    """The exact diagonal over all D weights (single pass vs column blocks) and
+    the default selection at the paper's scale on the rotated-MNIST ResNet."""
+    path = ROOT / "benchmarks" / "results" / "selection_scale.json"
+    res = json.loads(path.read_text())
+    lines = [
+        "| stage | inputs | seconds | peak RSS GB | note |",
+        "|---|---:|---:|---:|---|",
+    ]
+    d = res.get("diagonal")
+    if d:
+        for name, sec in d["seconds"].items():
+            lines.append(
+                f"| diagonal over D = {d['D']:,}, {name} | {d['N_side_by_side']:,} | "
+                f"{sec:.1f} | | |"
+            )
+        lines.append(
+            f"| diagonal, single pass | {d['N_full']:,} | "
+            f"{d['single_pass_full_seconds']:.1f} | {d['peak_rss_gb']:.1f} | "
+            f"{d['speedup']:.1f}x faster than column blocks side by side; largest "
+            f"relative difference {d['max_rel_difference']:.1e} |"
+        )
+    for S, r in sorted(res.get("select", {}).items(), key=lambda kv: int(kv[0])):
+        lines.append(
+            f"| default selection (greedy_laplace), S = {int(S):,} | {r['max_data']:,} "
+            f"| {r['seconds']:.0f} | {r['peak_rss_gb']:.1f} | block {r['block']}, "
+            f"pool {r['pool']:,}; screening {r['seconds_screening']:.0f} s |"
+        )
+    return "\n".join(lines)
+
+
 def inbetween() -> str:
     """Per problem and S: each strategy's captured share over the whole test set
     and per region; the default's share as a fraction of the best strategy's."""
@@ -278,6 +309,7 @@ def _bench(fn: str, names: list[str]) -> Callable[[], str]:
 TABLES: dict[str, Callable[[], str]] = {
     "rotated_mnist": rotated_mnist,
     "greedy_blocked": greedy_blocked,
+    "selection_scale": selection_scale,
     "inbetween": inbetween,
     "inbetween_verdict": inbetween_verdict,
     "inbetween_study": inbetween_study,

@@ -23,7 +23,8 @@ output the same way are not both worth keeping.
 
 Implementation: a pivoted incremental Cholesky of :math:`P` over a candidate pool
 of C weights (the top ``max(candidates * S, min_candidates)`` by Gradient-Laplace
-score, zero-curvature weights dropped). Per step, one row of :math:`P` over the pool
+score on the objective's own ``max_data`` inputs, zero-curvature weights dropped;
+one pass over them, :meth:`.SubnetJacobians.diagonal`). Per step, one row of :math:`P` over the pool
 (:math:`\sum_n J_{nj}^\top \Lambda_n J_{nq}`), a rank-one update of the
 residuals :math:`R = J_{\cdot q} - J_{\cdot S} U` and of the Schur complements.
 Memory :math:`O(S C + n c C)` - the residuals, the pool's Jacobians and the
@@ -36,6 +37,7 @@ products.
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 import tqdm
@@ -43,7 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
-from laplace_subnet_ext.jacobians.batching import iter_inputs, split_batch
+from laplace_subnet_ext.jacobians.batching import batch_size, iter_inputs, split_batch
 from laplace_subnet_ext.numerics.curvature import output_hessian
 from laplace_subnet_ext.selection.base import (
     TrainableSubnetMask,
@@ -235,6 +237,17 @@ def augmented_inputs(batches: list, max_data: int, seed: int = 0) -> list:
     return [X, between, around]
 
 
+class _Batches:
+    """Fixed batches read like a loader (``len(dataset)`` = their inputs)."""
+
+    def __init__(self, batches: list, n_inputs: int) -> None:
+        self.batches = batches
+        self.dataset = range(n_inputs)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
 @register("greedy_laplace")
 class GreedyLaplaceMask(TrainableSubnetMask):
     r"""Greedy-Laplace: greedily maximise the captured predictive variance (module
@@ -288,6 +301,11 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         ``(s,)`` captured variance added by each.
     n_zero_curvature : int
         Weights dropped for zero curvature before the pool was formed.
+    pool_size : int
+        C, the candidates the greedy steps choose from.
+    stage_seconds : dict
+        Seconds of the pool screening, the pool's Jacobians and the greedy
+        steps.
     """
 
     def __init__(
@@ -335,19 +353,27 @@ class GreedyLaplaceMask(TrainableSubnetMask):
             raise ValueError(f"block must be 'auto' or a positive int; got {block!r}.")
         self.block = block
         self.block_used: int | None = None
+        self.pool_size: int | None = None
+        self.stage_seconds: dict[str, float] = {}
         self.order: torch.Tensor | None = None
         self.gains: torch.Tensor | None = None
         self.n_zero_curvature = 0
 
-    def _inputs(self, train_loader: DataLoader) -> list:
+    def _first_batches(self, train_loader: DataLoader) -> _Batches:
+        """The loader's first batches, up to ``max_data`` inputs, read once: the
+        objective's data, and the pool screening's (a weight without curvature
+        on them has no gain in the objective, whatever the rest of the data)."""
         out, seen = [], 0
         for batch in train_loader:
             X, _ = split_batch(batch, self.dict_key_y)
-            out.append(X)
-            seen += len(next(iter(X.values())) if isinstance(X, dict) else X)
+            out.append(batch)
+            seen += batch_size(X, self.dict_key_x)
             if seen >= self.max_data:
                 break
-        return out
+        return _Batches(out, seen)
+
+    def _inputs(self, batches: _Batches) -> list:
+        return [split_batch(b, self.dict_key_y)[0] for b in batches]
 
     def _block(self, S: int, rows: int, C: int) -> int:
         """``block``, or by the work rule under ``"auto"`` (logged)."""
@@ -371,18 +397,21 @@ class GreedyLaplaceMask(TrainableSubnetMask):
                 "GreedyLaplaceMask needs train_loader in select(train_loader)."
             )
         S = self._n_params_subnet
+        t0 = time.perf_counter()
+        batches = self._first_batches(train_loader)
         pool_mask = GradientLaplaceMask(self.model, S)
-        scores = pool_mask.compute_param_scores(train_loader)
-        scores = pool_mask.drop_zero_curvature(scores, train_loader)
+        scores = pool_mask.compute_param_scores(batches)
+        scores = pool_mask.drop_zero_curvature(scores, batches)
         self.n_zero_curvature = pool_mask.n_zero_curvature
         kept = self._n_params - self.n_zero_curvature  # >= S, or the pool raised
         C = min(kept, max(int(round(self.candidates * S)), self.min_candidates))
         pool = scores.topk(C).indices.sort().values
+        t1 = time.perf_counter()
         jac = SubnetJacobians(
             self.model, SubnetLayout(self.model, pool), dict_key_x=self.dict_key_x
         )
         Js, Lams = [], []
-        for X in self._inputs(train_loader):
+        for X in self._inputs(batches):
             J, f = jac(X)
             Js.append(J.double())
             Lam = output_hessian(f.double(), self.likelihood)
@@ -395,7 +424,7 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         E = J
         if self.eval_inputs is not None:
             evals = (
-                augmented_inputs(self._inputs(train_loader), self.max_data)
+                augmented_inputs(self._inputs(batches), self.max_data)
                 if isinstance(self.eval_inputs, str)
                 else iter_inputs(self.eval_inputs, self.dict_key_y)
             )
@@ -403,6 +432,7 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         if self.center_logits and self.likelihood != "regression":
             E = E - E.mean(1, keepdim=True)
         self.block_used = self._block(S, J.shape[0] * J.shape[1], C)
+        t2 = time.perf_counter()
         order, gains = greedy_schur(
             J,
             Lam,
@@ -415,12 +445,20 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         )
         self.order = pool[order.to(pool.device)]
         self.gains = gains
+        self.pool_size = C
+        self.stage_seconds = {
+            "screening": t1 - t0,
+            "jacobians": t2 - t1,
+            "greedy": time.perf_counter() - t2,
+        }
         chosen = torch.zeros(self._n_params, dtype=torch.bool, device=pool.device)
         chosen[self.order] = True
         logger.info(
-            "GreedyLaplaceMask: S=%d from a pool of %d (%d zero-curvature dropped)",
+            "GreedyLaplaceMask: S=%d from a pool of %d (%d zero-curvature dropped); "
+            "screening %.1f s, pool Jacobians %.1f s, greedy %.1f s",
             S,
             C,
             self.n_zero_curvature,
+            *self.stage_seconds.values(),
         )
         return chosen

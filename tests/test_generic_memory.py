@@ -14,7 +14,8 @@ from tests.cases import assert_close
 
 
 class Tokens(nn.Module):
-    """A learned position table added in the model's own forward (no rule)."""
+    """A learned position table used through a function of it in the model's
+    own forward (no rule, and not a direct use the engine records)."""
 
     def __init__(self, t: int = 6, d: int = 8, c: int = 4) -> None:
         super().__init__()
@@ -23,7 +24,7 @@ class Tokens(nn.Module):
         self.head = nn.Linear(d, c)
 
     def forward(self, x):  # x: (b, t, 3)
-        h = torch.tanh(self.inp(x) + self.pos)
+        h = torch.tanh(self.inp(x) + 2 * self.pos)
         return self.head(h.mean(1))
 
 

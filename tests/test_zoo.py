@@ -42,7 +42,7 @@ def full_jacobian(model, x):
         return out, out
 
     jac, out = torch.func.jacrev(f, has_aux=True)({n: p.detach() for n, p in named})
-    return torch.cat([jac[n].flatten(2) for n, _ in named], -1), out
+    return torch.cat([jac[n].reshape(*jac[n].shape[:2], -1) for n, _ in named], -1), out
 
 
 def subnet_indices(model, case, n_random: int = 150) -> torch.Tensor:

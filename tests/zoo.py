@@ -440,3 +440,34 @@ def build(case: ZooCase) -> tuple[nn.Module, object]:
     with torch.no_grad():
         model(x)  # materialise LazyLinear
     return perturbed(model), x
+
+
+class DirectTokens(nn.Module):
+    """Parameters used in the model's own forward: a class token (batch
+    expansion concatenated along the tokens), a position table (broadcast add),
+    a layer-scale gamma and a 0-dim temperature (elementwise scales)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls = nn.Parameter(torch.zeros(1, 1, E))
+        self.pos = nn.Parameter(torch.zeros(1, L + 1, E))
+        self.gamma = nn.Parameter(torch.ones(E))
+        self.temp = nn.Parameter(torch.tensor(1.0))
+        self.inp = nn.Linear(E, E)
+        self.head = nn.Linear(E, C)
+
+    def forward(self, x):
+        h = self.inp(x)
+        h = torch.cat([self.cls.expand(x.shape[0], -1, -1), h], dim=1)
+        h = h + self.pos
+        h = h + self.gamma * torch.tanh(h)
+        h += 0.5 * h  # an in-place op after the recorded uses
+        return self.head(h[:, 0] + h.mean(1)) * self.temp
+
+
+ZOO.append(
+    ZooCase("direct_tokens_scale", DirectTokens, _seq, ("cls", "pos", "gamma", "temp"))
+)
+for _case in ZOO:
+    if _case.id == "torchvision_vit":
+        _case.fast = (*_case.fast, "class_token", "pos_embedding")

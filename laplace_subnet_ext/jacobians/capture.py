@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from laplace_subnet_ext._compat import global_forward_hooks
+from laplace_subnet_ext.jacobians.direct import DirectUses
 from laplace_subnet_ext.jacobians.rules import Use, rule_for, sequence_first_modules
 
 __all__ = ["FastCapture", "holders"]
@@ -44,6 +45,16 @@ def holders(model: nn.Module, params: list[torch.Tensor]) -> list[nn.Module]:
     return out
 
 
+class _ModeHandle:
+    """``remove()`` leaves a ``TorchFunctionMode`` (with the hook handles)."""
+
+    def __init__(self, mode) -> None:
+        self.mode = mode
+
+    def remove(self) -> None:
+        self.mode.__exit__(None, None, None)
+
+
 class FastCapture:
     """Context manager: ``uses[id(param)]`` lists the recorded uses of each param.
 
@@ -54,8 +65,18 @@ class FastCapture:
         The tracked parameters.
     """
 
-    def __init__(self, model: nn.Module, params: list[torch.Tensor]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        params: list[torch.Tensor],
+        direct: list[torch.Tensor] = (),
+    ) -> None:
         self.params = {id(p): p for p in params}
+        #: the parameters no module rule covers: their direct uses
+        #: (:mod:`.direct`) are recorded while the capture is active
+        self.direct = (
+            DirectUses({id(p): p for p in direct}, self.record) if direct else None
+        )
         self.modules = holders(model, params)
         #: ids of the modules inside a sequence-first layer (inputs ``(t, n, ...)``)
         self.sequence_first = sequence_first_modules(model)
@@ -73,6 +94,9 @@ class FastCapture:
         try:
             for m in self.modules:
                 self._handles += rule_for(m).attach(m, self)
+            if self.direct is not None:
+                self.direct.__enter__()
+                self._handles.append(_ModeHandle(self.direct))
         except BaseException:
             self.__exit__()
             raise

@@ -49,6 +49,7 @@ from torch import nn
 
 from laplace_subnet_ext.jacobians.batching import batch_size, slice_batch
 from laplace_subnet_ext.jacobians.capture import FastCapture
+from laplace_subnet_ext.jacobians.direct import DIRECT_SHAPES
 from laplace_subnet_ext.jacobians.functional import (
     autograd_jacobians,
     functional_jacobians,
@@ -155,38 +156,39 @@ class SubnetJacobians:
         self._whole_batch = False
 
     def split(self) -> tuple[list, list]:
-        """Candidates of the fast path, and tensors for the generic path."""
+        """Candidates of the fast path, and tensors for the generic path.
+
+        Candidates: tensors a module rule covers, and (``"auto"``) every other
+        tensor, whose direct uses in a module's own forward may be recorded
+        (:mod:`.direct`); the checks of each forward pass demote the rest."""
         if self.method != "auto":
             return [], list(self.layout.selections)
-        covered = {
+        fast, slow = [], []
+        for sel in self.layout.selections:
+            (slow if sel.name in self.generic_reasons else fast).append(sel)
+        return fast, slow
+
+    def _covered(self) -> set[int]:
+        """ids of the parameters a module rule covers."""
+        return {
             id(p)
             for m in self.model.modules()
             if (rule := rule_for(m)) is not None
             for p in rule.params(m)
         }
-        fast, slow = [], []
-        for sel in self.layout.selections:
-            ok = id(sel.param) in covered and sel.name not in self.generic_reasons
-            (fast if ok else slow).append(sel)
-        return fast, slow
 
     def generic(self) -> dict[str, str]:
         """``tensor name -> why`` for every selected tensor on the generic path:
-        demoted ones (:attr:`generic_reasons`), tensors that no rule covers, and
-        all of them under ``method="functional"``; a new dict."""
+        demoted ones (:attr:`generic_reasons`: no rule and no recorded direct
+        use, or a check), and all of them under ``method="functional"``; a new
+        dict."""
         _, slow = self.split()
-        out = {}
-        for sel in slow:
-            if sel.name in self.generic_reasons:
-                out[sel.name] = self.generic_reasons[sel.name]
-            elif self.method != "auto":
-                out[sel.name] = f"jacobian_method={self.method!r}"
-            else:
-                out[sel.name] = (
-                    f"no fast rule covers it (held by {type(sel.module).__name__} as "
-                    f"{sel.attr!r}; see jacobians.covered_modules(), register_rule)"
-                )
-        return out
+        return {
+            sel.name: self.generic_reasons.get(
+                sel.name, f"jacobian_method={self.method!r}"
+            )
+            for sel in slow
+        }
 
     def __call__(
         self, x: torch.Tensor | MutableMapping[str, Any]
@@ -305,7 +307,9 @@ class SubnetJacobians:
         per-sample gradients (all its uses summed) and the sample check's
         ``(b, m)`` random weights; ``Js`` is then None."""
         params = {id(s.param): s.param for s in candidates}
-        with FastCapture(self.model, list(params.values())) as cap:
+        covered = self._covered()
+        direct = [p for k, p in params.items() if k not in covered]
+        with FastCapture(self.model, list(params.values()), direct) as cap:
             f = self.model(x)
         _check_output(f)
         b, c = f.shape
@@ -314,7 +318,16 @@ class SubnetJacobians:
             report.ok.clear()
             report.reasons.update(dict.fromkeys(params, cap.foreign_hooks))
         for s in candidates:
-            if id(s.param) not in report.ok:
+            if id(s.param) in report.ok:
+                continue
+            if id(s.param) not in covered and not cap.uses[id(s.param)]:
+                self._demote(
+                    [s],
+                    f"no fast rule covers it (held by {type(s.module).__name__} as "
+                    f"{s.attr!r}, and none of its uses is a {DIRECT_SHAPES}; see "
+                    "jacobians.covered_modules(), register_rule)",
+                )
+            else:
                 self._demote([s], report.reasons[id(s.param)])
         fast = [s for s in candidates if id(s.param) in report.ok]
         A = None if out_factor is None else out_factor(f.detach())

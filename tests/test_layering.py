@@ -11,10 +11,12 @@ import laplace_subnet_ext
 ROOT = Path(laplace_subnet_ext.__file__).parent
 #: floor of each top-level module / folder; imports may only go down (or sideways
 #: within one folder). ``prior`` and ``selection`` are one floor and independent.
+#: ``numerics`` (pure maths on tensors) sits below ``jacobians``, which uses its
+#: output-space contractions.
 FLOORS = {
     "_compat": 0,
     "numerics": 1,
-    "jacobians": 1,
+    "jacobians": 1.5,
     "prior": 2,
     "selection": 2,
     "posterior": 3,

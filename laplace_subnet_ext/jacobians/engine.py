@@ -66,6 +66,7 @@ from laplace_subnet_ext.jacobians.verify import (
     mismatched_vjp,
     tolerance,
 )
+from laplace_subnet_ext.numerics.curvature import diagonal_contraction
 
 __all__ = ["SubnetJacobians", "JACOBIAN_METHODS"]
 
@@ -237,7 +238,9 @@ class SubnetJacobians:
         """
         if self.method == "backend":
             Js, f = self.backend_jacobians(x)
-            return _diag_of(Js.detach(), out_factor, f.detach()), f.detach()
+            return diagonal_contraction(
+                Js.detach(), out_factor(f.detach()) if out_factor else None
+            ), f.detach()
         candidates, slow = self.split()
         diag = f = None
         with torch.enable_grad():
@@ -248,7 +251,8 @@ class SubnetJacobians:
                 f = f_l if f is None else f
                 if diag is None:
                     diag = f.new_zeros(self.layout.n_subnet)
-                diag[sel.positions] = _diag_of(Js_l, out_factor, f)
+                A = None if out_factor is None else out_factor(f)
+                diag[sel.positions] = diagonal_contraction(Js_l, A)
         return diag, f
 
     def _fast_diagonal(self, candidates: list, x, out_factor, slow: list) -> tuple:
@@ -627,15 +631,6 @@ class _Blocked:
             for r0, r1, flat in self.chunks
         ]
         return torch.cat(parts, 1).index_select(1, self.unsort)
-
-
-def _diag_of(Js: torch.Tensor, out_factor, f: torch.Tensor) -> torch.Tensor:
-    r"""``(s,)`` :math:`\sum_b \operatorname{diag}(J_b^\top A_b A_b^\top J_b)` of
-    formed Jacobians ``(b, c, s)``."""
-    A = None if out_factor is None else out_factor(f)
-    if A is None:
-        return Js.pow(2).sum((0, 1))
-    return torch.einsum("bcm,bcs->bms", A.to(Js.dtype), Js).pow(2).sum((0, 1))
 
 
 def _split_cols(Js: torch.Tensor, selections: list[TensorSelection]) -> list:

@@ -29,6 +29,7 @@ __all__ = [
     "mirror_upper",
     "rows_per_sample",
     "output_hessian_root",
+    "diagonal_contraction",
 ]
 
 
@@ -88,6 +89,16 @@ def output_hessian_root(f: torch.Tensor, likelihood: str) -> torch.Tensor | None
     p = torch.softmax(f, dim=-1)
     r = p.sqrt()
     return torch.diag_embed(r) - p.unsqueeze(-1) * r.unsqueeze(-2)
+
+
+def diagonal_contraction(Js: torch.Tensor, A: torch.Tensor | None) -> torch.Tensor:
+    r"""``(s,)`` :math:`\sum_b \operatorname{diag}(J_b^\top A_b A_b^\top J_b)` of
+    Jacobians ``(b, c, s)`` and an output factor ``A`` ``(b, c, m)`` (None: the
+    identity): the GGN's diagonal with :func:`output_hessian_root`, the EF's
+    with the loss gradient as ``A``."""
+    if A is None:
+        return Js.pow(2).sum((0, 1))
+    return torch.einsum("bcm,bcs->bms", A.to(Js.dtype), Js).pow(2).sum((0, 1))
 
 
 def rows_per_sample(curv: GGNInterface | EFInterface, n_outputs: int) -> int:

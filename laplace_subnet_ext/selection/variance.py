@@ -29,6 +29,7 @@ from laplace_subnet_ext.jacobians import SubnetJacobians, SubnetLayout
 from laplace_subnet_ext.jacobians.batching import batch_size, slice_batch, split_batch
 from laplace_subnet_ext.jacobians.engine import BLOCK_BYTES
 from laplace_subnet_ext.numerics.curvature import (
+    diagonal_contraction,
     output_curvature,
     output_hessian_root,
 )
@@ -211,12 +212,7 @@ def blocked_diag_curvature(
             )
             for X, y in batches():
                 Js, f = cols(X)
-                A = out_factor(f, y)
-                diag[idx] += (
-                    Js.pow(2).sum((0, 1))
-                    if A is None
-                    else torch.einsum("bcm,bcs->bms", A, Js).pow(2).sum((0, 1))
-                )
+                diag[idx] += diagonal_contraction(Js, out_factor(f, y))
     return diag
 
 

@@ -15,7 +15,9 @@ Problems and regions, fixed before any strategy was run (the reason for each):
 Regression regions: ``between`` (inside the convex hull of the clusters, away
 from them), ``beyond`` (outside it), ``near`` (within the clusters' ranges). Shares
 of the whole grid in ``all``. Strategies: the default (greedy on the training
-inputs), greedy with ``eval_inputs="augmented"``, OBD, magnitude,
+inputs), greedy with ``eval_inputs="augmented"`` and with
+``"augmented_equal"`` (the same three sets, a third of ``max_data`` each: the
+default's evaluation cost), OBD, magnitude,
 Gradient-Laplace, Wasserstein, random; S = 1 %, 3 %, 10 % of D.
 
     python benchmarks/bench_inbetween.py            # the problems above
@@ -54,13 +56,17 @@ OUT = ROOT / "benchmarks" / "results" / "inbetween.json"
 STRATEGIES = {
     "greedy (default)": "greedy_laplace",
     "greedy, augmented eval": "greedy_laplace",
+    "greedy, augmented, equal budget": "greedy_laplace",
     "obd": "obd",
     "magnitude": "magnitude",
     "gradient_laplace": "gradient_laplace",
     "wasserstein": "wasserstein",
     "random": "random",
 }
-KWARGS = {"greedy, augmented eval": {"eval_inputs": "augmented"}}
+KWARGS = {
+    "greedy, augmented eval": {"eval_inputs": "augmented"},
+    "greedy, augmented, equal budget": {"eval_inputs": "augmented_equal"},
+}
 
 
 def _mlp(d_in: int, width: int = 50) -> nn.Module:

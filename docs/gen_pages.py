@@ -263,15 +263,18 @@ def inbetween_verdict() -> str:
         cells.setdefault((r["problem"], r["S"]), {})[r["strategy"]] = r["all"]
     lines = [
         "| problem | S | best strategy | best share | default / best | "
-        "augmented / best |",
-        "|---|---:|---|---:|---:|---:|",
+        "augmented / best | augmented, equal budget / best |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
     for (problem, S), v in cells.items():
         best = max(v, key=v.get)
+        equal = v.get("greedy, augmented, equal budget")
         lines.append(
             f"| {problem} | {S} | {best} | {v[best]:.3f} | "
             f"{v['greedy (default)'] / v[best]:.2f} | "
-            f"{v['greedy, augmented eval'] / v[best]:.2f} |"
+            f"{v['greedy, augmented eval'] / v[best]:.2f} | "
+            + ("" if equal is None else f"{equal / v[best]:.2f}")
+            + " |"
         )
     return "\n".join(lines)
 

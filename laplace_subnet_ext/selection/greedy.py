@@ -208,17 +208,25 @@ def greedy_schur(
     return order, gains
 
 
+#: the ``eval_inputs`` strings: training inputs with interpolations and
+#: perturbations, at three times or at the default's evaluation budget
+AUGMENTED = ("augmented", "augmented_equal")
 #: ``eval_inputs="augmented"``: Gaussian perturbations of the training inputs with
 #: this multiple of each input feature's standard deviation
 AUGMENT_NOISE = 0.5
 
 
-def augmented_inputs(batches: list, max_data: int, seed: int = 0) -> list:
+def augmented_inputs(
+    batches: list, max_data: int, seed: int = 0, equal_budget: bool = False
+) -> list:
     r"""The training inputs, as many convex combinations of random pairs of them
     (:math:`\alpha x_i + (1 - \alpha) x_j`, :math:`\alpha \sim U(0, 1)`: the
     region between the data) and as many Gaussian perturbations (standard
     deviation :data:`AUGMENT_NOISE` times each feature's): three batches of at
-    most ``max_data`` inputs. Floating-point tensor inputs only."""
+    most ``max_data`` inputs. ``equal_budget``: a third of that each (the first
+    ``max_data // 3`` training inputs, and as many of the other two), so that
+    the three together cost the default objective's evaluation Jacobians.
+    Floating-point tensor inputs only."""
     if not all(torch.is_tensor(X) and X.is_floating_point() for X in batches):
         raise TypeError(
             "eval_inputs='augmented' needs floating-point tensor inputs (it "
@@ -234,6 +242,9 @@ def augmented_inputs(batches: list, max_data: int, seed: int = 0) -> list:
     std = X.std(0, keepdim=True) if n > 1 else torch.ones_like(X[:1])
     noise = torch.randn(X.shape, generator=g).to(X)
     around = X + AUGMENT_NOISE * std * noise
+    if equal_budget:
+        m = max(1, max_data // 3)
+        return [X[:m], between[:m], around[:m]]
     return [X, between, around]
 
 
@@ -283,6 +294,8 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         curvature still comes from the training data. ``"augmented"``: the
         training inputs plus interpolations between and perturbations around
         them (:func:`augmented_inputs`; three times the evaluation Jacobians).
+        ``"augmented_equal"``: the same three sets with a third of
+        ``max_data`` inputs each (the default's evaluation cost).
     memory_budget : int or str, optional
         For ``n_params_subnet="auto"``.
     progress_bar : bool, default=False
@@ -333,9 +346,10 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         )
         if not candidates >= 1:
             raise ValueError(f"candidates must be >= 1; got {candidates}.")
-        if isinstance(eval_inputs, str) and eval_inputs != "augmented":
+        if isinstance(eval_inputs, str) and eval_inputs not in AUGMENTED:
             raise ValueError(
-                f"eval_inputs must be inputs or 'augmented'; got {eval_inputs!r}."
+                "eval_inputs must be inputs, 'augmented' or 'augmented_equal'; got "
+                f"{eval_inputs!r}."
             )
         if not (isinstance(max_data, int) and max_data >= 1):
             raise ValueError(f"max_data must be a positive int; got {max_data!r}.")
@@ -424,7 +438,11 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         E = J
         if self.eval_inputs is not None:
             evals = (
-                augmented_inputs(self._inputs(batches), self.max_data)
+                augmented_inputs(
+                    self._inputs(batches),
+                    self.max_data,
+                    equal_budget=self.eval_inputs == "augmented_equal",
+                )
                 if isinstance(self.eval_inputs, str)
                 else iter_inputs(self.eval_inputs, self.dict_key_y)
             )

@@ -16,8 +16,8 @@ Regression regions: ``between`` (inside the convex hull of the clusters, away
 from them), ``beyond`` (outside it), ``near`` (within the clusters' ranges). Shares
 of the whole grid in ``all``. Strategies: the default (greedy on the training
 inputs), greedy with ``eval_inputs="augmented"`` and with
-``"augmented_equal"`` (the same three sets, a third of ``max_data`` each: the
-default's evaluation cost), OBD, magnitude,
+``"augmented_equal"`` (the same three sets, a third of the training inputs
+used each: the default's evaluation cost), OBD, magnitude,
 Gradient-Laplace, Wasserstein, random; S = 1 %, 3 %, 10 % of D.
 
     python benchmarks/bench_inbetween.py            # the problems above

@@ -341,15 +341,15 @@ def test_augmented_eval_inputs_are_the_explicit_ones_and_exact():
         for k in range(6)
     ]
     assert_close(aug.gains, torch.tensor(F).diff(), 1e-8, "brute-force increments")
-    equal = augmented_inputs(batches, 30, equal_budget=True)
+    equal = augmented_inputs(batches, 1024, equal_budget=True)
     assert [len(t) for t in equal] == [10, 10, 10]  # the default's 30 in all
     assert torch.equal(equal[0], X[:10]) and torch.equal(equal[1], inputs[1][:10])
     aug_eq = selection.get("greedy_laplace")(
-        model, 6, eval_inputs="augmented_equal", max_data=30, **kw
+        model, 6, eval_inputs="augmented_equal", **kw
     )
     aug_eq.select(dl)
     explicit_eq = selection.get("greedy_laplace")(
-        model, 6, eval_inputs=torch.cat(equal), max_data=30, **kw
+        model, 6, eval_inputs=torch.cat(equal), **kw
     )
     explicit_eq.select(dl)
     assert torch.equal(aug_eq.order, explicit_eq.order)

@@ -223,9 +223,10 @@ def augmented_inputs(
     (:math:`\alpha x_i + (1 - \alpha) x_j`, :math:`\alpha \sim U(0, 1)`: the
     region between the data) and as many Gaussian perturbations (standard
     deviation :data:`AUGMENT_NOISE` times each feature's): three batches of at
-    most ``max_data`` inputs. ``equal_budget``: a third of that each (the first
-    ``max_data // 3`` training inputs, and as many of the other two), so that
-    the three together cost the default objective's evaluation Jacobians.
+    most ``max_data`` inputs. ``equal_budget``: a third of the training inputs
+    used each (the first ``min(n, max_data) // 3`` of them, and as many of the
+    other two), so that the three together cost the default objective's
+    evaluation Jacobians.
     Floating-point tensor inputs only."""
     if not all(torch.is_tensor(X) and X.is_floating_point() for X in batches):
         raise TypeError(
@@ -243,7 +244,7 @@ def augmented_inputs(
     noise = torch.randn(X.shape, generator=g).to(X)
     around = X + AUGMENT_NOISE * std * noise
     if equal_budget:
-        m = max(1, max_data // 3)
+        m = max(1, n // 3)
         return [X[:m], between[:m], around[:m]]
     return [X, between, around]
 
@@ -294,8 +295,8 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         curvature still comes from the training data. ``"augmented"``: the
         training inputs plus interpolations between and perturbations around
         them (:func:`augmented_inputs`; three times the evaluation Jacobians).
-        ``"augmented_equal"``: the same three sets with a third of
-        ``max_data`` inputs each (the default's evaluation cost).
+        ``"augmented_equal"``: the same three sets with a third of the
+        training inputs used each (the default's evaluation cost).
     memory_budget : int or str, optional
         For ``n_params_subnet="auto"``.
     progress_bar : bool, default=False

@@ -154,6 +154,28 @@ def test_predictive_is_blocked_and_equal_to_unblocked():
     assert_close(m1, m2, 1e-12, "blocked mean")
 
 
+def test_predictive_blocks_never_exceed_the_fit_batch(monkeypatch):
+    """The predictive runs at most as many inputs at once as fit's largest batch
+    (its forward and backward passes are known to fit), with the same result."""
+    from laplace_subnet_ext.jacobians import SubnetJacobians
+
+    la = make(torch.arange(40), lik="regression")
+    la.fit(loader("regression", bs=4))
+    X = torch.randn(23, 3)
+    one_block = la.functional_variance(la.jacobians(X)[0])
+    sizes = []
+    real = SubnetJacobians.__call__
+
+    def record(self, x):
+        sizes.append(len(x))
+        return real(self, x)
+
+    monkeypatch.setattr(SubnetJacobians, "__call__", record)
+    _, f_var = la._glm_predictive_distribution(X)
+    assert sizes and max(sizes) == 4 and sum(sizes) == 23
+    assert_close(f_var, one_block, 1e-12, "blocked by the fit batch")
+
+
 def test_nn_predictive_and_sample_only_move_subnetwork():
     model = mlp()
     la = make(torch.tensor([3, 50, 60]), model=model)

@@ -121,6 +121,7 @@ class DensePosterior:
         "_tuning_info",
         "_progress",
         "_marglik_method",
+        "_fit_batch",
     )
 
     def __init__(
@@ -135,6 +136,8 @@ class DensePosterior:
     ) -> None:
         self.model = model
         self._marglik_method = MarglikMethod(marglik_method)
+        #: the largest batch ``fit`` ran (the predictive never runs more at once)
+        self._fit_batch: int | None = None
         self.options = options
         self.prior = prior
         self._layout: SubnetLayout | None = None
@@ -369,6 +372,7 @@ class DensePosterior:
                     X = to_device(X, device)
                 y = y.to(device)
                 Js, f = self._jacobians(X)
+                self._fit_batch = max(self._fit_batch or 0, f.shape[0])
                 self._n_outputs = f.shape[-1]
                 if curv.likelihood == "regression" and y.ndim != f.ndim:
                     raise ValueError(
@@ -470,12 +474,16 @@ class DensePosterior:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         r"""GLM predictive mean and (co)variance, input blocks of bounded size:
         one block's Jacobians ``(b, c, s)`` (and their whitened copy) stay below
-        ``predictive_block_bytes``."""
+        ``predictive_block_bytes``, and a block holds no more inputs than the
+        largest batch ``fit`` ran (whose forward and backward passes, with
+        their activations, are known to fit in memory)."""
         X = to_device(X, device)
         n = batch_size(X, self.options.dict_key_x)
         itemsize = torch.empty((), dtype=cdtype).element_size()
         per_row = max(1, self._n_outputs) * self.n_subnet * itemsize * 2
         block = max(1, min(n, self.options.predictive_block_bytes // per_row))
+        if self._fit_batch is not None:
+            block = min(block, self._fit_batch)
         pbar = tqdm.tqdm(range(0, n, block), disable=not self._progress)
         pbar.set_description("[GLM predictive]")
         precision = self.precision()

@@ -220,6 +220,7 @@ class SubnetJacobians:
         self,
         x: torch.Tensor | MutableMapping[str, Any],
         out_factor: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
+        generic: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         r"""``(s,)`` :math:`\sum_b \operatorname{diag}(J_b^\top A_b A_b^\top J_b)`
         and ``f`` ``(b, c)``, without forming :math:`J_S`.
@@ -234,7 +235,9 @@ class SubnetJacobians:
         and run-time check as :meth:`__call__` (the check compares a random
         combination of the formed gradients with plain autograd). Tensors on
         the generic path are formed by it one tensor at a time (``(b, c,
-        numel)``) and contracted the same way.
+        numel)``) and contracted the same way; ``generic=False`` leaves their
+        entries at zero for a caller that forms them in bounded column blocks
+        (the tensors are ``split()[1]`` afterwards).
         """
         if self.method == "backend":
             Js, f = self.backend_jacobians(x)
@@ -246,13 +249,16 @@ class SubnetJacobians:
         with torch.enable_grad():
             if candidates:
                 diag, f, slow = self._fast_diagonal(candidates, x, out_factor, slow)
-            for sel in slow:  # one tensor at a time: (b, c, numel) at most
+            for sel in slow if generic else ():  # one tensor at a time
                 Js_l, f_l = self._generic([sel], x)
                 f = f_l if f is None else f
                 if diag is None:
                     diag = f.new_zeros(self.layout.n_subnet)
                 A = None if out_factor is None else out_factor(f)
                 diag[sel.positions] = diagonal_contraction(Js_l, A)
+        if diag is None:  # every tensor generic and left to the caller
+            ref = self.layout.selections[0].param
+            diag = torch.zeros(self.layout.n_subnet, dtype=ref.dtype, device=ref.device)
         return diag, f
 
     def _fast_diagonal(self, candidates: list, x, out_factor, slow: list) -> tuple:

@@ -187,7 +187,9 @@ def blocked_diag_curvature(
             for start in range(0, n, chunk):
                 stop = min(n, start + chunk)
                 Xc, yc = slice_batch(X, start, stop, n), y[start:stop]
-                d, _ = jac.diagonal(Xc, lambda f, yc=yc: out_factor(f, yc))
+                d, _ = jac.diagonal(
+                    Xc, lambda f, yc=yc: out_factor(f, yc), generic=False
+                )
                 part += d
         diag[jac.layout.indices] = part
         done = torch.zeros(D, dtype=torch.bool, device=diag.device)

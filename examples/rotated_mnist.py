@@ -409,6 +409,45 @@ def predict_by_factorisation(
     return out
 
 
+def last_layer_laplace(model: nn.Module, fit_loader, va, prior: str):
+    """laplace-torch's full last-layer Laplace, fitted, at the marginal-likelihood
+    prior or the validation-NLL grid choice (its own grid search, GLM probit)."""
+    la = Laplace(model, "classification", "last_layer", "full")
+    la.fit(fit_loader)
+    if prior == "marglik":
+        la.optimize_prior_precision(method="marglik")
+    else:
+        la.optimize_prior_precision(
+            method="gridsearch",
+            pred_type="glm",
+            link_approx="probit",
+            val_loader=DataLoader(TensorDataset(*va), batch_size=100),
+            loss=lambda p, y: F.nll_loss(p.clamp_min(1e-12).log(), y),
+            log_prior_prec_min=-2,
+            log_prior_prec_max=4,
+            grid_size=len(GRID),
+        )
+    return la
+
+
+def subnet_predictions(la, va, sets: list) -> tuple[dict, dict, dict]:
+    """Both priors of a fitted subnetwork posterior (marginal likelihood and the
+    validation grid, one eigendecomposition) and its GLM probit predictive on
+    each ``(key, inputs)`` of ``sets`` at both. Returns ``(lams, {key: {prior:
+    probs}}, seconds)``."""
+    t0 = time.time()
+    sweep = prior_sweep(la, va, prior_precisions=GRID)
+    lams = {"marglik": sweep.marks["marglik"], "gridsearch": sweep.marks["gridsearch"]}
+    seconds = {"tune": time.time() - t0}
+    t0 = time.time()
+    out = {}
+    for a, x in sets:
+        f, f_var = glm_along_priors(la, x, list(lams.values()))
+        out[a] = {p: probit(f, f_var[i]) for i, p in enumerate(lams)}
+    seconds["predict_both_priors"] = time.time() - t0
+    return lams, out, seconds
+
+
 PAPER_CHECKPOINTS = ("paper_posterior.pt", "paper_predict.pt")
 
 
@@ -604,21 +643,7 @@ def run_seed(
     if run("last-layer Laplace"):
         for prior in ("marglik", "gridsearch"):
             t0 = time.time()
-            la = Laplace(model, "classification", "last_layer", "full")
-            la.fit(fit_loader)
-            if prior == "marglik":
-                la.optimize_prior_precision(method="marglik")
-            else:
-                la.optimize_prior_precision(
-                    method="gridsearch",
-                    pred_type="glm",
-                    link_approx="probit",
-                    val_loader=DataLoader(TensorDataset(*va), batch_size=100),
-                    loss=lambda p, y: F.nll_loss(p.clamp_min(1e-12).log(), y),
-                    log_prior_prec_min=-2,
-                    log_prior_prec_max=4,
-                    grid_size=len(GRID),
-                )
+            la = last_layer_laplace(model, fit_loader, va, prior)
             timed("last-layer Laplace", f"fit_{prior}", t0)
             info["prior_precision"].setdefault("last-layer Laplace", {})[prior] = float(
                 la.prior_precision
@@ -689,19 +714,8 @@ def run_seed(
             n_zero = kept["n_zero_curvature"]
         else:  # one eigendecomposition serves the grid and both priors
             la, n_zero = fit_subnet(name, make_mask)
-            t0 = time.time()
-            sweep = prior_sweep(la, va, prior_precisions=GRID)
-            lams = {
-                "marglik": sweep.marks["marglik"],
-                "gridsearch": sweep.marks["gridsearch"],
-            }
-            timed(name, "tune", t0)
-            t0 = time.time()
-            out = {}
-            for a, x in sets:
-                f, f_var = glm_along_priors(la, x, list(lams.values()))
-                out[a] = {p: probit(f, f_var[i]) for i, p in enumerate(lams)}
-            timed(name, "predict_both_priors", t0)
+            lams, out, seconds = subnet_predictions(la, va, sets)
+            info["times"][name] |= seconds
             del la
         info["prior_precision"][name] = lams
         info.setdefault("n_zero_curvature", {})[name] = n_zero

@@ -194,6 +194,62 @@ def test_rotated_mnist_quick(tmp_path):
     assert info["n_zero_curvature"]["subnet random"] >= 0
 
 
+def test_rotated_mnist_defaults_quick(tmp_path):
+    """The second round: every method on every rotation, corruption and OOD set,
+    the cost and the trade-off figure; MAP and last-layer as in the first study."""
+    res = run_example("rotated_mnist_defaults", tmp_path)
+    methods = {(r["method"], r["prior"]) for r in res["summary"]}
+    assert methods == {
+        ("MAP", "-"),
+        ("last-layer Laplace", "marglik"), ("last-layer Laplace", "gridsearch"),
+        ("KFAC marglik training", "trained"),
+        ("subnet default", "marglik"), ("subnet default", "gridsearch"),
+        ("subnet marglik training", "trained"),
+    }  # fmt: skip
+    sets = {r["set"] for r in res["per_set"]}
+    assert {"0", "90", "180", *res["corruptions"]} <= sets
+    assert len(res["corruptions"]) >= 5
+    for r in res["summary"]:
+        for k in ("nll clean", "nll rotated", "nll corrupted"):
+            assert math.isfinite(r[k]) and r[k] >= 0
+        assert r["cost_s"] >= 0
+    (info,) = res["info"]
+    assert sum(info["where"]["subnet default"].values()) == info["S"]
+    assert info["margliks"]["subnet marglik training"]
+
+
+def test_mnist_c_corruptions_are_fixed_shifts_of_the_same_images():
+    sys.path.insert(0, str(ROOT / "examples"))
+    import torch
+    from rotated_mnist_defaults import CORRUPTIONS, corrupt
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 1, 28, 28, generator=g) * (
+        torch.rand(6, 1, 28, 28, generator=g) > 0.7
+    )
+    for kind in CORRUPTIONS:
+        y = corrupt(x, kind)
+        assert y.shape == x.shape and 0 <= float(y.min()) and float(y.max()) <= 1
+        assert torch.equal(y, corrupt(x, kind)), kind  # the same images every call
+        assert (y - x).abs().mean() > 0.01, kind  # and a shift
+    # translation moves every image by 5 pixels: some shift back recovers it
+    y = corrupt(x, "translate")
+    for i in range(len(x)):
+        hits = [
+            bool(
+                torch.equal(
+                    y[i, :, 5:-5, 5:-5], x[i, :, 5 - dy : 23 - dy, 5 - dx : 23 - dx]
+                )
+            )
+            for dy in (-5, 0, 5)
+            for dx in (-5, 0, 5)
+            if (dy, dx) != (0, 0)
+        ]
+        assert sum(hits) == 1
+    with pytest.raises(ValueError, match="kind must be one of"):
+        corrupt(x, "fog")
+
+
 def test_bayesian_lora_text_quick(tmp_path):
     res = run_example("bayesian_lora_text", tmp_path)
     summary = res["summary"]

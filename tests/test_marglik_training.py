@@ -82,6 +82,34 @@ def test_default_selection_and_reselection():
     assert la.n_params_subnet == 10 and la.prior_precision.shape == (1,)
 
 
+def test_trains_in_train_mode_and_fits_the_eval_mode_network():
+    """Dropout and BatchNorm: every training batch runs in train mode (laplace's
+    fit leaves the model in eval mode, and laplace's loop never switches back),
+    every posterior in eval mode; the returned posterior equals a fresh fit of
+    the returned network."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 2)
+    ).double()
+    X, y = torch.randn(40, 3, dtype=torch.float64), torch.randint(2, (40,))
+    dl = DataLoader(TensorDataset(X, y), batch_size=16)
+    D = sum(p.numel() for p in model.parameters())
+    idx = torch.arange(D - 18, D)
+    modes = []
+    model[3].register_forward_hook(lambda m, i, o: modes.append(m.training))
+    la, model, _, _ = marglik_training(
+        model, dl, "classification", subnetwork_indices=idx, n_epochs=3,
+        n_hypersteps=2, prior_structure="scalar",
+    )  # fmt: skip
+    assert not model.training
+    assert sum(modes) == 3 * len(dl)  # the 3 epochs' batches, all in train mode
+    assert len(modes) > sum(modes)  # the fits ran in eval mode
+    ref = DenseSubnetLaplace(model, "classification", subnetwork_indices=idx,
+                             prior_precision=la.prior_precision)  # fmt: skip
+    ref.fit(dl)
+    assert_close(la.H, ref.H, 1e-10, "H of the eval-mode network")
+
+
 @pytest.mark.parametrize(
     "kw,match",
     [

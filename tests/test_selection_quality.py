@@ -297,6 +297,19 @@ def test_blocked_greedy_gains_are_the_exact_increments_of_the_objective(block):
     assert path[0] == max(range(len(first)), key=first.__getitem__)
 
 
+def test_greedy_overwrites_the_evaluation_jacobians_only_when_allowed():
+    """``overwrite_eval=True`` (the mask's own, freshly built E) reuses E's memory
+    for the residuals and gives the same path; the default leaves E intact."""
+    J, Lam, E = _random_problem()
+    kept = E.clone()
+    ref = greedy_schur(J, Lam, 10, 0.7, E=E, block=3)
+    assert torch.equal(E, kept)
+    got = greedy_schur(J, Lam, 10, 0.7, E=E, block=3, overwrite_eval=True)
+    assert torch.equal(got[0], ref[0])
+    assert_close(got[1], ref[1], 1e-12, "gains")
+    assert not torch.equal(E, kept)  # E held the residuals
+
+
 def test_block_one_is_brute_force_greedy_and_blocks_keep_the_objective():
     J, Lam, E = _random_problem(seed=1, q=60)
     F = _objective(J, Lam, E, 0.5, 1.0)

@@ -87,6 +87,7 @@ def greedy_schur(
     progress_bar: bool = False,
     block: int = 1,
     shortlist: int = GREEDY_SHORTLIST,
+    overwrite_eval: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Greedy maximisation of :math:`F(S)` over the columns of ``J``, in blocks.
 
@@ -127,6 +128,10 @@ def greedy_schur(
         Steps per block; 1 is exact greedy.
     shortlist : int, default=GREEDY_SHORTLIST
         Candidates per block, as a multiple of ``block``.
+    overwrite_eval : bool, default=False
+        Use ``E``'s memory for the residuals (it is overwritten) instead of a
+        copy: for a caller that built ``E`` for this call only. Ignored without
+        ``E`` (``J`` is never overwritten).
 
     Returns
     -------
@@ -145,7 +150,10 @@ def greedy_schur(
     LJ = Jf if Lam is None else (Lam @ J).reshape(n * c, q)
     inv_s2 = 1.0 / sigma_noise**2
     schur = (Jf * LJ).sum(0) * inv_s2 + prior_precision  # diag P over the pool
-    R = (Jf if E is None else E.reshape(-1, q)).clone()  # residual output gradients
+    # residual output gradients (in E's own memory when the caller allows it)
+    R = Jf.clone() if E is None else E.reshape(-1, q)
+    if E is not None and not overwrite_eval:
+        R = R.clone()
     rnorm = torch.linalg.vector_norm(R, dim=0).pow(2)  # ||R_q||^2, no temporary
     W = torch.zeros(n_select, q, dtype=J.dtype, device=J.device)  # Cholesky rows
     taken = torch.zeros(q, dtype=torch.bool, device=J.device)
@@ -433,6 +441,7 @@ class GreedyLaplaceMask(TrainableSubnetMask):
             Lams.append(Lam)
         J = torch.cat(Js)[: self.max_data]
         Lam = None if Lams[0] is None else torch.cat(Lams)[: self.max_data]
+        del Js, Lams  # the pieces: J's size again, for the whole greedy run
         # a subsample's curvature, scaled to the whole training set's
         N = len(getattr(train_loader, "dataset", ())) or len(J)
         sigma = self.sigma_noise * (len(J) / max(N, len(J))) ** 0.5
@@ -461,6 +470,7 @@ class GreedyLaplaceMask(TrainableSubnetMask):
             E=None if E is J else E,
             progress_bar=self.progress_bar,
             block=self.block_used,
+            overwrite_eval=True,  # E, when not J, was built for this call
         )
         self.order = pool[order.to(pool.device)]
         self.gains = gains

@@ -25,6 +25,13 @@ subnetwork's :math:`\lambda` itself, which is then the whole network's. With
 S = D this is laplace's algorithm with ``hessian_structure="full"``
 (``tests/test_marglik_training.py`` compares the two trajectories).
 
+Modes (where laplace leaves the model in the mode it was given): the model is in
+train mode for the training epochs and in eval mode for every selection, fit and
+hyperparameter step, and it is returned in eval mode. The evidence is that of
+the network that predicts (BatchNorm's running statistics, no dropout); a
+posterior fitted in train mode would hold a different Jacobian at every batch
+(dropout masks, batch statistics), which the fast path's run-time check rejects.
+
 The subnetwork is selected at the first marginal-likelihood step (after
 ``n_epochs_burnin``; from the current weights and prior) and kept, unless
 ``reselect_every`` asks for a new selection every that many steps. A fixed
@@ -234,6 +241,7 @@ def marglik_training(
         1, n_epochs + 1, disable=not progress_bar, desc="[Marglik training]"
     ):
         epoch_loss = 0.0
+        model.train()
         for data in train_loader:
             if isinstance(data, MutableMapping):
                 X, y = data, data[dict_key_y].to(device)
@@ -258,6 +266,7 @@ def marglik_training(
         if epoch % marglik_frequency != 0 or epoch < n_epochs_burnin:
             continue
 
+        model.eval()  # the posterior of the network that predicts (module docstring)
         reselect = subnetwork_indices is None and (
             indices is None
             or (reselect_every is not None and n_steps % reselect_every == 0)
@@ -293,6 +302,7 @@ def marglik_training(
             log_prior_prec.copy_(prior.log())
             if regression and not fix_sigma_noise:
                 log_sigma_noise.copy_(noise.log())
+    model.eval()
     la = posterior(indices, enable_backprop=enable_backprop)
     la.fit(train_loader)
     return la, model, margliks, losses

@@ -72,6 +72,47 @@ def rotated_mnist() -> str:
     return study.markdown(runs, study.summarise(runs, "angle"))
 
 
+def rotated_mnist_defaults() -> str:
+    """Second round: clean, rotated and corrupted metrics, OOD AUROC and cost
+    after the MAP, per (method, prior), mean ± s.e. over seeds."""
+    res = _load("rotated_mnist_defaults")
+    lines = [
+        "| method | prior | seeds | clean acc | clean NLL | rotated NLL | rotated ECE "
+        "| corrupted acc | corrupted NLL | corrupted ECE | OOD AUROC | cost s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["summary"]:
+        cells = [
+            _pm(r["acc clean"], r["acc clean_se"]),
+            _pm(r["nll clean"], r["nll clean_se"]),
+            _pm(r["nll rotated"], r["nll rotated_se"]),
+            _pm(r["ece rotated"], r["ece rotated_se"]),
+            _pm(r["acc corrupted"], r["acc corrupted_se"]),
+            _pm(r["nll corrupted"], r["nll corrupted_se"]),
+            _pm(r["ece corrupted"], r["ece corrupted_se"]),
+            _pm(r["auroc"], r["auroc_se"]) if "auroc" in r else "-",
+            "-" if r["method"] == "MAP" else f"{r['cost_s']:.0f}",
+        ]
+        lines.append(
+            f"| {r['method']} | {r['prior']} | {r['n_seeds']} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
+def rotated_mnist_corruptions() -> str:
+    """NLL per corruption and per (method, prior), mean ± s.e. over seeds."""
+    res = _load("rotated_mnist_defaults")
+    names = res["corruptions"]
+    lines = [
+        "| method | prior | " + " | ".join(n.replace("_", " ") for n in names) + " |",
+        "|---|---|" + "---:|" * len(names),
+    ]
+    for r in res["summary"]:
+        cells = [_pm(r[f"nll {n}"], r[f"nll {n}_se"]) for n in names]
+        lines.append(f"| {r['method']} | {r['prior']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def transformer_lora() -> str:
     """Clean, token noise 4 and rotation 60° per method (mean ± s.e. over seeds)."""
     s = _load("transformer_lora")["summary"]

@@ -54,11 +54,13 @@ from study_common import (
     auroc,
     finished_seeds,
     grid_pick,
+    mc_dropout,
     metrics,
     probit,
     reliability,
     seed_path,
     summarise,
+    train_epochs,
 )
 from tokenizers import BertWordPieceTokenizer
 from torch import nn
@@ -244,21 +246,15 @@ def lora_model(weights: dict, vocab: int, quick: bool, seed: int) -> nn.Module:
 
 
 def finetune(model: nn.Module, data: Dataset, epochs: int, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
+    """AdamW (lr 1e-3, weight decay 0.01) on the trainable weights, cosine per
+    batch, batches of 32."""
     loader = DataLoader(
         data, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(loader))
-    model.train()
-    for _ in range(epochs):
-        for b in loader:
-            opt.zero_grad()
-            F.cross_entropy(model(b), b["labels"]).backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+    return train_epochs(model, loader, opt, epochs, scheduler=sched, seed=seed)
 
 
 def batches(data: Dataset, bs: int):
@@ -298,18 +294,6 @@ def temperature(model: nn.Module, val: Dataset) -> float:
 
     opt.step(closure)
     return float(log_t.exp())
-
-
-def mc_dropout(model: nn.Module, n_samples: int, seed: int):
-    def predict(b):
-        torch.manual_seed(seed)
-        model.train()  # BERT's and LoRA's dropout on; no BatchNorm here
-        try:
-            return sum(F.softmax(model(b), -1) for _ in range(n_samples)) / n_samples
-        finally:
-            model.eval()
-
-    return predict
 
 
 # ----------------------------------------------------------------- study

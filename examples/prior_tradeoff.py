@@ -39,6 +39,7 @@ from shift_classification import (
     train,
 )
 from sklearn.datasets import load_digits
+from study_common import seeded
 from torch.utils.data import DataLoader, TensorDataset
 
 import laplace_subnet_ext  # noqa: F401  (registers the plugin)
@@ -127,7 +128,7 @@ def main() -> None:
         generator=torch.Generator().manual_seed(seed),
     )
     fit_loader = DataLoader(TensorDataset(*tr), batch_size=128)
-    model = train(CNN(), loader, 8 if a.quick else 30, seed, wd=WD)
+    model = train(seeded(CNN, seed), loader, 8 if a.quick else 30, seed, wd=WD)
     D = sum(p.numel() for p in model.parameters())
     S = 300 if a.quick else 2000
     g = torch.Generator().manual_seed(1000 + seed)

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import math
 import time
@@ -67,13 +66,17 @@ from shift_classification import rotate  # the digits study's rotation
 from study_common import (
     GRID,
     METRICS,
+    Stages,
     auroc,
     finished_seeds,
     grid_pick,
+    mc_dropout,
     metrics,
     probit,
     seed_path,
     summarise,
+    swag,
+    train_epochs,
 )
 from torch import nn
 from torch.func import functional_call, jvp
@@ -196,91 +199,19 @@ def shuffled(data, seed: int) -> DataLoader:
 
 
 def train(model: nn.Module, data, epochs: int, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
+    """SGD, Nesterov momentum 0.9, cosine learning rate from 0.05 per batch,
+    weight decay 5e-4, batches of 128."""
     loader = shuffled(data, seed)
     opt = torch.optim.SGD(
         model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True
     )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(loader))
-    model.train()
-    for _ in range(epochs):
-        for xb, yb in loader:
-            opt.zero_grad()
-            F.cross_entropy(model(xb), yb).backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+    return train_epochs(model, loader, opt, epochs, scheduler=sched, seed=seed)
 
 
 def batched(fn, X: torch.Tensor, bs: int = 500) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([fn(X[i : i + bs]) for i in range(0, len(X), bs)])
-
-
-def mc_dropout(model: nn.Module, n_samples: int, seed: int):
-    def predict(X):
-        torch.manual_seed(seed)
-        model.dropout.train()  # dropout on, BatchNorm stays in eval mode
-        try:
-            return batched(
-                lambda x: (
-                    sum(F.softmax(model(x), -1) for _ in range(n_samples)) / n_samples
-                ),
-                X,
-            )
-        finally:
-            model.dropout.eval()
-
-    return predict
-
-
-def recompute_bn(model: nn.Module, X: torch.Tensor) -> None:
-    """Running BatchNorm statistics of ``model`` at its current weights."""
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    model.train()
-    with torch.no_grad():
-        for i in range(0, len(X), 500):
-            model(X[i : i + 500])
-    model.eval()
-
-
-def swag(model: nn.Module, train_data, epochs: int, n_samples: int, seed: int):
-    """Diagonal SWAG (Maddox et al., 2019): one snapshot per epoch of SGD at a
-    constant learning rate from the MAP. Returns the predictor and the variance."""
-    work = copy.deepcopy(model)
-    torch.manual_seed(seed)
-    loader = shuffled(train_data, seed)
-    opt = torch.optim.SGD(work.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    vec = lambda m: nn.utils.parameters_to_vector(m.parameters()).detach()  # noqa: E731
-    mean, sq = torch.zeros_like(vec(work)), torch.zeros_like(vec(work))
-    work.train()
-    for k in range(1, epochs + 1):
-        for xb, yb in loader:
-            opt.zero_grad()
-            F.cross_entropy(work(xb), yb).backward()
-            opt.step()
-        theta = vec(work)
-        mean += (theta - mean) / k
-        sq += (theta**2 - sq) / k
-    var = (sq - mean**2).clamp_min(0)
-    g = torch.Generator().manual_seed(seed)
-    samples = [
-        mean + var.sqrt() * torch.randn(mean.shape, generator=g)
-        for _ in range(n_samples)
-    ]
-
-    def predict(X):
-        p = 0
-        for s in samples:
-            nn.utils.vector_to_parameters(s, work.parameters())
-            recompute_bn(work, train_data[0])
-            p = p + batched(lambda x: F.softmax(work(x), -1), X) / n_samples
-        return p
-
-    return predict, var
 
 
 def linearised_mc(model: nn.Module, la, n_samples: int, seed: int):
@@ -308,53 +239,6 @@ def linearised_mc(model: nn.Module, la, n_samples: int, seed: int):
         return p
 
     return lambda X: batched(one, X)
-
-
-class Stages:
-    """Resumable state of one seed: finished stages, their rows, info, tensors.
-
-    ``path`` is a folder (``None``: nothing is saved, as in ``--quick``). After a
-    stage's body has run, :meth:`finish` writes the rows and info gathered so far
-    and the stage's tensors; a later run skips finished stages and reloads them.
-    """
-
-    def __init__(self, path: Path | None, seed: int, S: int) -> None:
-        self.path = path
-        state = None
-        if path is not None and (path / "state.json").exists():
-            state = json.loads((path / "state.json").read_text())
-        if state is None:
-            state = {"done": [], "rows": [],
-                     "info": {"seed": seed, "S": S, "times": {}, "prior_precision": {},
-                              "wall_s": 0.0, "runs": 0}}  # fmt: skip
-        self.done, self.rows, self.info = state["done"], state["rows"], state["info"]
-        self.info["runs"] = self.info.get("runs", 0) + 1
-        self.t_start, self.wall_before = time.time(), self.info.get("wall_s", 0.0)
-        self.kept: dict[str, object] = {}  # this run's tensors
-        if self.done:
-            print(f"seed {seed}: resuming after {', '.join(self.done)}", flush=True)
-
-    def todo(self, stage: str) -> bool:
-        return stage not in self.done
-
-    def finish(self, stage: str, **tensors: object) -> None:
-        self.done.append(stage)
-        self.info["wall_s"] = self.wall_before + time.time() - self.t_start
-        self.kept.update(tensors)
-        if self.path is None:
-            return
-        self.path.mkdir(parents=True, exist_ok=True)
-        for name, value in tensors.items():
-            torch.save(value, self.path / f"{name}.pt")
-        state = {"done": self.done, "rows": self.rows, "info": self.info}
-        tmp = self.path / "state.json.tmp"
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self.path / "state.json")
-
-    def load(self, name: str):
-        if name in self.kept:
-            return self.kept[name]
-        return torch.load(self.path / f"{name}.pt", weights_only=True)
 
 
 def grid_walk(val_nll, n: int, start: int) -> tuple[int, dict[int, float]]:
@@ -578,7 +462,7 @@ def run_seed(
         st.finish("GGN diagonal", diag_H=la.H.detach().clone())
         del la
     if run("MC dropout"):
-        record("MC dropout", "-", mc_dropout(model, 16, seed))
+        record("MC dropout", "-", mc_dropout(model, 16, seed, batch_size=500))
         st.finish("MC dropout")
     ens = f"ensemble of {n_members}"
     if run(ens):
@@ -602,8 +486,9 @@ def run_seed(
     if run("SWAG (diag)"):
         t0 = time.time()
         swag_predict, swag_var = swag(
-            model, tr, 2 if quick else 10, 4 if quick else 16, seed
-        )
+            model, shuffled(tr, seed), 2 if quick else 10, 4 if quick else 16, seed,
+            bn_inputs=tr[0], batch_size=500,
+        )  # fmt: skip
         timed("SWAG (diag)", "fit", t0)
         record("SWAG (diag)", "-", swag_predict)
         st.finish("SWAG (diag)", swag_var=swag_var)

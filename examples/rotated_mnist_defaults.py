@@ -51,7 +51,6 @@ from laplace.curvature import AsdlGGN
 from rotated_mnist import (
     ANGLES,
     ResNet18,
-    Stages,
     batched,
     last_layer_laplace,
     linearised_mc,
@@ -62,7 +61,15 @@ from rotated_mnist import (
     train,
 )
 from shift_classification import rotate
-from study_common import METRICS, auroc, finished_seeds, metrics, probit, seed_path
+from study_common import (
+    METRICS,
+    Stages,
+    auroc,
+    finished_seeds,
+    metrics,
+    probit,
+    seed_path,
+)
 from study_common import summarise as summarise_seeds
 from torch.utils.data import DataLoader, TensorDataset
 

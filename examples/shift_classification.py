@@ -21,7 +21,6 @@ PNG per shift family and a JSON file.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -32,6 +31,7 @@ import tqdm
 from laplace import Laplace
 from laplace.curvature import AsdlGGN
 from sklearn.datasets import load_digits
+from study_common import mc_dropout, mean_se, seeded, swag, train_epochs
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -117,60 +117,9 @@ def corrupt(
 def train(
     model: nn.Module, loader: DataLoader, epochs: int, seed: int, wd: float = 5e-4
 ):
-    torch.manual_seed(seed)
+    """Adam (lr 3e-3) with weight decay ``wd``."""
     opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=wd)
-    for _ in range(epochs):
-        model.train()
-        for xb, yb in loader:
-            opt.zero_grad()
-            F.cross_entropy(model(xb), yb).backward()
-            opt.step()
-    return model.eval()
-
-
-def swag_predictor(model, loader, n_samples: int, seed: int, epochs: int):
-    """Diagonal SWAG (Maddox et al., 2019) from SGD iterates of a copy, Welford moments."""
-    work = copy.deepcopy(model).train()
-    opt = torch.optim.SGD(work.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    vec = lambda m: torch.nn.utils.parameters_to_vector(m.parameters()).detach()  # noqa: E731
-    mean, m2, n = torch.zeros_like(vec(work)), torch.zeros_like(vec(work)), 0
-    for _ in range(epochs):
-        for xb, yb in loader:
-            opt.zero_grad()
-            F.cross_entropy(work(xb), yb).backward()
-            opt.step()
-        theta = vec(work)
-        n += 1
-        d = theta - mean
-        mean += d / n
-        m2 += d * (theta - mean)
-    std = (m2 / n).clamp_min(0).sqrt()
-    g = torch.Generator().manual_seed(seed)
-    samples = [
-        mean + std * torch.randn(mean.shape, generator=g) for _ in range(n_samples)
-    ]
-    work.eval()
-
-    def predict(x):
-        p = 0
-        for s in samples:
-            torch.nn.utils.vector_to_parameters(s, work.parameters())
-            with torch.no_grad():
-                p = p + F.softmax(work(x), -1) / len(samples)
-        return p
-
-    return predict
-
-
-def mc_dropout_predictor(model, n_samples: int):
-    def predict(x):
-        model.train()  # dropout on; no BatchNorm in this net
-        with torch.no_grad():
-            p = sum(F.softmax(model(x), -1) for _ in range(n_samples)) / n_samples
-        model.eval()
-        return p
-
-    return predict
+    return train_epochs(model, loader, opt, epochs, seed=seed)
 
 
 def laplace_predictor(la, val, prior: str):
@@ -234,14 +183,14 @@ def run_seed(seed: int, quick: bool, prior: str = "marglik") -> list[dict]:
     )
     fit_loader = DataLoader(TensorDataset(*tr), batch_size=128)
     epochs = 8 if quick else 30
-    model = train(CNN(), loader, epochs, seed)
+    model = train(seeded(CNN, seed), loader, epochs, seed)
     D = sum(p.numel() for p in model.parameters())
     S = 300 if quick else 2000
 
     preds, priors = {}, {}
     with torch.no_grad():
         preds["MAP"] = lambda x: F.softmax(model(x), -1)
-    preds["MC dropout"] = mc_dropout_predictor(model, 16)
+    preds["MC dropout"] = mc_dropout(model, 16)
     for name, kw in LAPLACE_BASELINES:
         la = Laplace(model, "classification", **kw)
         la.fit(fit_loader)
@@ -261,12 +210,13 @@ def run_seed(seed: int, quick: bool, prior: str = "marglik") -> list[dict]:
         preds[name], priors[name] = laplace_predictor(la, va, prior)
     n_members = 2 if quick else 5
     members = [model] + [
-        train(CNN(), loader, epochs, seed * 100 + k + 1) for k in range(n_members - 1)
+        train(seeded(CNN, s), loader, epochs, s)
+        for s in (seed * 100 + k + 1 for k in range(n_members - 1))
     ]
     preds[f"ensemble of {n_members}"] = lambda x: (
         sum(F.softmax(m(x), -1) for m in members).detach() / n_members
     )
-    preds["SWAG (diag)"] = swag_predictor(model, loader, 16, seed, 4 if quick else 10)
+    preds["SWAG (diag)"] = swag(model, loader, 4 if quick else 10, 16, seed)[0]
 
     g = torch.Generator().manual_seed(1000 + seed)
     shifts = [
@@ -294,17 +244,9 @@ def run_seed(seed: int, quick: bool, prior: str = "marglik") -> list[dict]:
 
 def summarise(rows):
     rows = [r for r in rows if "method" in r]
-    keys = sorted({(r["method"], r["shift"], r["level"]) for r in rows}, key=str)
-    out = []
-    for m, s, lv in keys:
-        sel = [r for r in rows if (r["method"], r["shift"], r["level"]) == (m, s, lv)]
-        agg = {"method": m, "shift": s, "level": lv, "n_seeds": len(sel)}
-        for k in ("acc", "ll", "ece", "brier"):
-            v = torch.tensor([r[k] for r in sel])
-            agg[k] = float(v.mean())
-            agg[k + "_se"] = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0
-        out.append(agg)
-    return out
+    return mean_se(
+        rows, ("method", "shift", "level"), ("acc", "ll", "ece", "brier"), order=str
+    )
 
 
 def plot(summary, path_prefix):

@@ -25,6 +25,7 @@ import torch
 import tqdm
 from laplace import Laplace
 from sklearn.datasets import load_diabetes, make_friedman1
+from study_common import mean_se, train_epochs
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -75,6 +76,8 @@ def mlp(n_in: int, width: int) -> nn.Sequential:
 
 
 def train(width, tr, va, seed, epochs):
+    """Adam (lr 3e-3, weight decay 1e-4), batches of 32, early stopping on the
+    validation MSE (patience 30 epochs), the best weights restored."""
     torch.manual_seed(seed)
     model = mlp(tr[0].shape[1], width)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
@@ -84,27 +87,22 @@ def train(width, tr, va, seed, epochs):
         shuffle=True,
         generator=torch.Generator().manual_seed(seed),
     )
-    best, best_state, patience = float("inf"), None, 0
-    for _ in range(epochs):
-        model.train()
-        for xb, yb in loader:
-            opt.zero_grad()
-            nn.functional.mse_loss(model(xb), yb).backward()
-            opt.step()
+    best = {"mse": float("inf"), "state": None, "patience": 0}
+
+    def early_stop(epoch: int) -> bool:
         model.eval()
         with torch.no_grad():
             v = nn.functional.mse_loss(model(va[0]), va[1]).item()
-        if v < best - 1e-5:
-            best, best_state, patience = (
-                v,
-                {k: t.clone() for k, t in model.state_dict().items()},
-                0,
-            )
+        if v < best["mse"] - 1e-5:
+            best["mse"], best["patience"] = v, 0
+            best["state"] = {k: t.clone() for k, t in model.state_dict().items()}
         else:
-            patience += 1
-            if patience >= 30:
-                break
-    model.load_state_dict(best_state)
+            best["patience"] += 1
+        return best["patience"] >= 30
+
+    mse = lambda m, b: nn.functional.mse_loss(m(b[0]), b[1])  # noqa: E731
+    train_epochs(model, loader, opt, epochs, mse, after_epoch=early_stop)
+    model.load_state_dict(best["state"])
     return model.eval()
 
 
@@ -225,31 +223,11 @@ def run(quick: bool, datasets: list[str] | None = None) -> list[dict]:
 
 
 def summarise(rows):
-    keys = list(
-        dict.fromkeys((r["dataset"], r["split"], r["width"], r["method"]) for r in rows)
+    """Mean test log-likelihood and its standard error (``test_ll_se``) over the
+    splits per (dataset, split kind, width, method)."""
+    return mean_se(
+        rows, ("dataset", "split", "width", "method"), ("test_ll",), keep=("S", "D")
     )
-    out = []
-    for key in keys:
-        sel = [
-            r
-            for r in rows
-            if (r["dataset"], r["split"], r["width"], r["method"]) == key
-        ]
-        v = torch.tensor([r["test_ll"] for r in sel])
-        out.append(
-            dict(
-                dataset=key[0],
-                split=key[1],
-                width=key[2],
-                method=key[3],
-                S=sel[0]["S"],
-                D=sel[0]["D"],
-                test_ll=float(v.mean()),
-                se=float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0,
-                n=len(v),
-            )
-        )
-    return out
 
 
 def plot(summary, path):
@@ -272,7 +250,7 @@ def plot(summary, path):
         ax.errorbar(
             range(len(rs)),
             [r["test_ll"] for r in rs],
-            yerr=[r["se"] for r in rs],
+            yerr=[r["test_ll_se"] for r in rs],
             fmt="o",
         )
         ax.set_xticks(range(len(rs)), labels, rotation=60, ha="right", fontsize=7)
@@ -305,7 +283,7 @@ def main() -> None:
     for r in summary:
         print(
             f"{r['dataset']:<10} {r['split']:<9} {r['width']:>5} {r['method']:<18} {r['S']:>6} {r['D']:>6} "
-            f"{r['test_ll']:8.3f}±{r['se']:.3f}"
+            f"{r['test_ll']:8.3f}±{r['test_ll_se']:.3f}"
         )
     plot(summary, a.out + ".png")
     print(f"wrote {a.out}.json and {a.out}.png")

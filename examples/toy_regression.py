@@ -28,6 +28,7 @@ import os
 import torch
 import tqdm
 from laplace import DiagLaplace, Laplace
+from study_common import mean_se, train_epochs
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -69,15 +70,17 @@ def train_map(x, y, seed: int) -> tuple[nn.Module, float]:
         nn.Linear(1, 50), nn.ReLU(), nn.Linear(50, 50), nn.ReLU(), nn.Linear(50, 1)
     )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(3000):
-        opt.zero_grad()
+
+    def neg_log_joint(model: nn.Module, batch) -> torch.Tensor:  # per datum
+        xb, yb = batch
         theta = torch.cat([p.flatten() for p in model.parameters()])
         loss = (
-            0.5 * (model(x) - y).pow(2).sum() / 0.1**2
+            0.5 * (model(xb) - yb).pow(2).sum() / 0.1**2
             + 0.5 * PRIOR * theta.pow(2).sum()
         )
-        (loss / len(x)).backward()
-        opt.step()
+        return loss / len(xb)
+
+    train_epochs(model, [(x, y)], opt, 3000, neg_log_joint)  # full batch
     with torch.no_grad():
         sigma = (model(x) - y).pow(2).mean().sqrt().item()  # maximum likelihood noise
     return model.eval(), sigma
@@ -242,37 +245,19 @@ def run_seed(seed: int, quick: bool, fractions, figure_data: dict | None) -> lis
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    keys = sorted(
-        {(r["method"], r.get("fraction", 1.0), r["rescaled"]) for r in rows},
-        key=lambda k: (
+    rows = [r | {"fraction": r.get("fraction", 1.0)} for r in rows]
+    return mean_se(
+        rows,
+        ("method", "fraction", "rescaled"),
+        ("dist", "gap_std", "test_ll"),
+        keep=("S",),
+        order=lambda k: (
             k[0] not in ("full", "diagonal", "last_layer"),
             k[0],
             -k[1],
             k[2],
         ),
     )
-    out = []
-    for method, frac, resc in keys:
-        sel = [
-            r
-            for r in rows
-            if r["method"] == method
-            and r.get("fraction", 1.0) == frac
-            and r["rescaled"] == resc
-        ]
-        agg = {
-            "method": method,
-            "fraction": frac,
-            "rescaled": resc,
-            "S": sel[0]["S"],
-            "n_seeds": len(sel),
-        }
-        for m in ("dist", "gap_std", "test_ll"):
-            v = torch.tensor([r[m] for r in sel])
-            agg[m] = float(v.mean())
-            agg[m + "_se"] = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0
-        out.append(agg)
-    return out
 
 
 def plot(figure_data: dict, path: str) -> None:

@@ -34,6 +34,7 @@ import transformers
 from laplace import Laplace
 from laplace.curvature import CurvlinopsGGN
 from sklearn.datasets import load_digits
+from study_common import mean_se, seeded, train_epochs
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -104,17 +105,11 @@ def bert(n_labels: int) -> nn.Module:
 
 
 def train(model: nn.Module, ids, y, epochs: int, seed: int, lr: float = 3e-3):
-    torch.manual_seed(seed)
+    """AdamW (weight decay 1e-4) on the trainable weights, batches of 64."""
     loader = DataLoader(Tokens(ids, y), batch_size=64, shuffle=True)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    for _ in range(epochs):
-        model.train()
-        for b in loader:
-            opt.zero_grad()
-            F.cross_entropy(model(b), b["labels"]).backward()
-            opt.step()
-    return model.eval()
+    return train_epochs(model, loader, opt, epochs, seed=seed)
 
 
 def run_seed(seed: int, quick: bool) -> list[dict]:
@@ -131,7 +126,7 @@ def run_seed(seed: int, quick: bool) -> list[dict]:
 
     # pretrain the whole network on digits 0-4, then a LoRA adapter + new head
     low = ytr < 5
-    base = bert(5)
+    base = seeded(lambda: bert(5), seed)
     train(Logits(base), tokens(Xtr[low]), ytr[low], epochs, seed)
     head = bert(10)
     head.load_state_dict(
@@ -215,19 +210,12 @@ def run_seed(seed: int, quick: bool) -> list[dict]:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    out = []
-    for m in dict.fromkeys(r["method"] for r in rows):
-        for s in dict.fromkeys(r["shift"] for r in rows):
-            sel = [r for r in rows if r["method"] == m and r["shift"] == s]
-            agg = {"method": m, "shift": s, "n_seeds": len(sel)}
-            for k in ("acc", "nll", "ece", "brier"):
-                v = torch.tensor([r[k] for r in sel])
-                agg[k] = float(v.mean())
-                agg[k + "_se"] = (
-                    float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0
-                )
-            out.append(agg)
-    return out
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    shifts = list(dict.fromkeys(r["shift"] for r in rows))
+    order = lambda k: (methods.index(k[0]), shifts.index(k[1]))  # noqa: E731
+    return mean_se(
+        rows, ("method", "shift"), ("acc", "nll", "ece", "brier"), order=order
+    )
 
 
 def plot(summary: list[dict], prefix: str) -> None:

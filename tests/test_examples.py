@@ -212,7 +212,7 @@ def test_rotated_mnist_defaults_quick(tmp_path):
     for r in res["summary"]:
         for k in ("nll clean", "nll rotated", "nll corrupted"):
             assert math.isfinite(r[k]) and r[k] >= 0
-        assert r["cost_s"] >= 0
+        assert math.isfinite(r["cost_s"])  # a training method's: minus the MAP's
     (info,) = res["info"]
     assert sum(info["where"]["subnet default"].values()) == info["S"]
     assert info["margliks"]["subnet marglik training"]

@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import time
 import warnings
 from pathlib import Path
@@ -84,7 +83,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import laplace_subnet_ext  # noqa: F401  (registers the plugin)
 from laplace_subnet_ext import selection
-from laplace_subnet_ext.diagnostics import glm_along_priors, prior_sweep
+from laplace_subnet_ext.diagnostics import (
+    glm_along_priors,
+    glm_predict_sets,
+    gridsearch_walk,
+    prior_sweep,
+)
 
 RESULTS = Path(__file__).parent / "results"
 PAPER_S = 42_438  # the paper's Wasserstein subnetwork of ResNet-18
@@ -241,58 +245,6 @@ def linearised_mc(model: nn.Module, la, n_samples: int, seed: int):
     return lambda X: batched(one, X)
 
 
-def grid_walk(val_nll, n: int, start: int) -> tuple[int, dict[int, float]]:
-    """Grid index of a local minimum of ``val_nll`` found by walking downhill from
-    ``start`` (each value computed once); the grid minimum where the validation NLL
-    is unimodal along the grid. Returns the index and every value computed."""
-    seen: dict[int, float] = {}
-
-    def at(i: int) -> float:
-        if i not in seen:
-            seen[i] = val_nll(i)
-        return seen[i]
-
-    i = start
-    while True:
-        best = min([j for j in (i - 1, i, i + 1) if 0 <= j < n], key=at)
-        if best == i:
-            return i, seen
-        i = best
-
-
-def tune_by_factorisation(la, va, lam_ml: float) -> tuple[float, dict]:
-    """The validation-NLL grid choice without an eigendecomposition (large S):
-    one Cholesky factorisation per grid value visited by :func:`grid_walk`,
-    starting from the grid value nearest the marginal-likelihood prior; the
-    validation Jacobians are formed once."""
-    Js, f = la.jacobians(va[0])
-    start = int((GRID.log() - math.log(lam_ml)).abs().argmin())
-
-    def val_nll(i: int) -> float:
-        la.prior_precision = float(GRID[i])
-        return metrics(probit(f, la.functional_variance(Js)), va[1])["nll"]
-
-    i, seen = grid_walk(val_nll, len(GRID), start)
-    return float(GRID[i]), {float(GRID[j]): v for j, v in sorted(seen.items())}
-
-
-def predict_by_factorisation(
-    la, xs: list[torch.Tensor], lam: float, bs: int = 250
-) -> list[torch.Tensor]:
-    """GLM probit predictive at one prior precision for each input set of ``xs``
-    from the posterior's factor. The prior is set once, so one factorisation
-    serves every set (setting it frees the factor)."""
-    la.prior_precision = lam
-    out = []
-    for x in xs:
-        parts = []
-        for i in range(0, len(x), bs):
-            Js, f = la.jacobians(x[i : i + bs])
-            parts.append(probit(f, la.functional_variance(Js)))
-        out.append(torch.cat(parts))
-    return out
-
-
 def last_layer_laplace(model: nn.Module, fit_loader, va, prior: str):
     """laplace-torch's full last-layer Laplace, fitted, at the marginal-likelihood
     prior or the validation-NLL grid choice (its own grid search, GLM probit)."""
@@ -366,7 +318,7 @@ def paper_stage(st: Stages, name: str, fit_and_tune, sets: list, model) -> tuple
     for prior, lam in lams.items():
         if prior not in done:
             t0 = time.time()
-            probs = predict_by_factorisation(la, [x for _, x in sets], lam)
+            probs = glm_predict_sets(la, [x for _, x in sets], lam)
             done[prior] = {str(a): p for (a, _), p in zip(sets, probs)}
             done[prior]["seconds"] = torch.tensor(time.time() - t0)
             print(f"{name}: predict_{prior} {time.time() - t0:.0f}s", flush=True)
@@ -579,7 +531,7 @@ def run_seed(
         t0 = time.time()
         la.optimize_prior_precision(method="marglik")
         lam_ml = float(la.prior_precision)
-        lam_grid, visited = tune_by_factorisation(la, va, lam_ml)
+        lam_grid, visited = gridsearch_walk(la, va, GRID, start=lam_ml)
         timed(name, "tune", t0)
         kept = {"times": dict(info["times"][name]), "grid_visited": visited,
                 "n_zero_curvature": n_zero}  # fmt: skip

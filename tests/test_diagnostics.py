@@ -199,3 +199,99 @@ def test_sweep_reads_dict_batches_like_tuples():
         for k in ("nll", "acc", "ece", "brier"):
             assert_close(a[k], b[k], 1e-6, k)
     assert got.marks["gridsearch"] == ref.marks["gridsearch"]
+
+
+def test_grid_walk_finds_the_grid_minimum_of_a_unimodal_curve():
+    from laplace_subnet_ext.diagnostics import grid_walk
+
+    values = [5.0, 3.0, 2.0, 1.5, 1.2, 1.4, 2.0, 3.5]
+    for start in range(len(values)):
+        calls = []
+        i, seen = grid_walk(
+            lambda j, calls=calls: calls.append(j) or values[j], len(values), start
+        )
+        assert i == 4 and len(calls) == len(set(calls)) == len(seen)
+        assert len(calls) <= abs(start - 4) + 3
+    # two valleys: the walk stops in the one it starts in (a local minimum)
+    bimodal = [1.0, 2.0, 3.0, 2.5, 0.5, 2.0]
+    assert grid_walk(lambda j: bimodal[j], 6, 1)[0] == 0
+    assert grid_walk(lambda j: bimodal[j], 6, 3)[0] == 4
+
+
+def test_large_s_tuning_by_factorisation_equals_the_eigendecomposition_path(
+    monkeypatch,
+):
+    """The large-S grid walk (one factorisation per value visited) gives the
+    validation NLLs and predictive of the eigendecomposition path (prior_sweep,
+    glm_along_priors)."""
+    from laplace_subnet_ext import DenseSubnetLaplace
+    from laplace_subnet_ext.diagnostics import (
+        glm_along_priors,
+        glm_predict_sets,
+        gridsearch_walk,
+        prior_sweep,
+        probit,
+    )
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4)
+    ).double()
+    X, y = torch.randn(60, 5, dtype=torch.float64), torch.randint(4, (60,))
+    Xv, yv = torch.randn(30, 5, dtype=torch.float64), torch.randint(4, (30,))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(X, y), batch_size=20
+    )
+    la = DenseSubnetLaplace(
+        model, "classification", torch.randperm(164)[:70], prior_precision=1.0
+    )
+    la.fit(loader)
+    grid = torch.logspace(-2, 4, 13, dtype=torch.float64)
+    sweep = prior_sweep(la, (Xv, yv), prior_precisions=grid)
+    lam_grid, visited = gridsearch_walk(la, (Xv, yv), grid, start=1.0)
+    for lam, nll in visited.items():
+        assert nll == pytest.approx(sweep.at(lam, "val")["nll"], rel=1e-9)
+    col = sweep.column("nll", "val")
+    k = col.index(min(col))  # one valley here, so the walk ends at the grid's choice
+    assert all(a >= b for a, b in zip(col[:k], col[1 : k + 1]))
+    assert all(a <= b for a, b in zip(col[k:], col[k + 1 :]))
+    assert lam_grid == pytest.approx(sweep.marks["gridsearch"])
+    assert len(visited) < len(grid)  # and it did not visit the whole grid
+    f, f_var = glm_along_priors(la, Xv, [0.3, 30.0])
+    for k, lam in enumerate([0.3, 30.0]):
+        (p,) = glm_predict_sets(la, [Xv], lam, batch_size=7)
+        torch.testing.assert_close(p, probit(f, f_var[k]), rtol=1e-10, atol=1e-12)
+    # without a cached eigendecomposition: one Cholesky per prior serves every set
+    fresh = DenseSubnetLaplace(
+        model, "classification", la.subnetwork_indices, prior_precision=1.0
+    )
+    fresh.fit(loader)
+    cholesky, calls = torch.linalg.cholesky_ex, []
+    monkeypatch.setattr(
+        torch.linalg,
+        "cholesky_ex",
+        lambda *a, **k: calls.append(1) or cholesky(*a, **k),
+    )
+    p_val, p_train = glm_predict_sets(fresh, [Xv, X], 30.0, batch_size=7)
+    assert len(calls) == 1
+    torch.testing.assert_close(p_val, probit(f, f_var[1]), rtol=1e-10, atol=1e-12)
+    f_tr, f_var_tr = glm_along_priors(la, X, [30.0])
+    torch.testing.assert_close(
+        p_train, probit(f_tr, f_var_tr[0]), rtol=1e-10, atol=1e-12
+    )
+
+
+def test_gridsearch_walk_refuses_a_bad_start_and_a_matrix_prior():
+    from laplace_subnet_ext import DenseSubnetLaplace
+    from laplace_subnet_ext.diagnostics import grid_walk, gridsearch_walk
+
+    with pytest.raises(ValueError, match="start must be in"):
+        grid_walk(lambda j: 0.0, 3, 3)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2)).double()
+    X, y = torch.randn(10, 3, dtype=torch.float64), torch.randint(2, (10,))
+    la = DenseSubnetLaplace(model, "classification", torch.arange(8),
+                            prior_precision=torch.ones(8))  # fmt: skip
+    la.fit(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y)))
+    with pytest.raises(ValueError, match="scalar prior precision"):
+        gridsearch_walk(la, (X, y))

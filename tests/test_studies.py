@@ -216,7 +216,7 @@ def test_rotated_mnist_paper_stage_resumes_at_its_predictive(
     checkpoints are deleted once the stage is finished."""
     torch.set_default_dtype(torch.float32)
     paper = "subnet Wasserstein S=400"
-    predict, calls = rotated_mnist.predict_by_factorisation, []
+    predict, calls = rotated_mnist.glm_predict_sets, []
 
     def killed_in_second_prior(*args, **kwargs):
         calls.append(args[2])
@@ -224,16 +224,14 @@ def test_rotated_mnist_paper_stage_resumes_at_its_predictive(
             raise KeyboardInterrupt
         return predict(*args, **kwargs)
 
-    monkeypatch.setattr(
-        rotated_mnist, "predict_by_factorisation", killed_in_second_prior
-    )
+    monkeypatch.setattr(rotated_mnist, "glm_predict_sets", killed_in_second_prior)
     with pytest.raises(KeyboardInterrupt):
         rotated_mnist.run_seed(0, True, tmp_path, paper_only=True)
     checkpoints = [tmp_path / f for f in rotated_mnist.PAPER_CHECKPOINTS]
     assert all(f.exists() for f in checkpoints)
-    monkeypatch.setattr(rotated_mnist, "predict_by_factorisation", predict)
+    monkeypatch.setattr(rotated_mnist, "glm_predict_sets", predict)
     refit = lambda *a, **k: pytest.fail("the stage was fitted or tuned again")  # noqa: E731
-    monkeypatch.setattr(rotated_mnist, "tune_by_factorisation", refit)
+    monkeypatch.setattr(rotated_mnist, "gridsearch_walk", refit)
     monkeypatch.setattr(DenseSubnetLaplace, "fit", refit)
     resumed = rotated_mnist.run_seed(0, True, tmp_path, paper_only=True)
     full = rotated_quick_run
@@ -242,78 +240,3 @@ def test_rotated_mnist_paper_stage_resumes_at_its_predictive(
     lams = resumed["info"]["prior_precision"][paper]
     assert lams == full["info"]["prior_precision"][paper]
     assert not any(f.exists() for f in checkpoints)
-
-
-def test_grid_walk_finds_the_grid_minimum_of_a_unimodal_curve():
-    values = [5.0, 3.0, 2.0, 1.5, 1.2, 1.4, 2.0, 3.5]
-    for start in range(len(values)):
-        calls = []
-        i, seen = rotated_mnist.grid_walk(
-            lambda j, calls=calls: calls.append(j) or values[j], len(values), start
-        )
-        assert i == 4 and len(calls) == len(set(calls)) == len(seen)
-        assert len(calls) <= abs(start - 4) + 3
-    # two valleys: the walk stops in the one it starts in (a local minimum)
-    bimodal = [1.0, 2.0, 3.0, 2.5, 0.5, 2.0]
-    assert rotated_mnist.grid_walk(lambda j: bimodal[j], 6, 1)[0] == 0
-    assert rotated_mnist.grid_walk(lambda j: bimodal[j], 6, 3)[0] == 4
-
-
-def test_large_s_tuning_by_factorisation_equals_the_eigendecomposition_path(
-    monkeypatch,
-):
-    """The S = 42,438 stage's per-value factorisations give the validation NLLs
-    and predictive of the eigendecomposition path (prior_sweep, glm_along_priors)."""
-    from laplace_subnet_ext import DenseSubnetLaplace
-    from laplace_subnet_ext.diagnostics import glm_along_priors, prior_sweep
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4)
-    ).double()
-    X, y = torch.randn(60, 5, dtype=torch.float64), torch.randint(4, (60,))
-    Xv, yv = torch.randn(30, 5, dtype=torch.float64), torch.randint(4, (30,))
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(X, y), batch_size=20
-    )
-    la = DenseSubnetLaplace(
-        model, "classification", torch.randperm(164)[:70], prior_precision=1.0
-    )
-    la.fit(loader)
-    grid = rotated_mnist.GRID.double()
-    sweep = prior_sweep(la, (Xv, yv), prior_precisions=grid)
-    lam_grid, visited = rotated_mnist.tune_by_factorisation(la, (Xv, yv), 1.0)
-    for lam, nll in visited.items():
-        assert nll == pytest.approx(sweep.at(lam, "val")["nll"], rel=1e-9)
-    col = sweep.column("nll", "val")
-    k = col.index(min(col))  # one valley here, so the walk ends at the grid's choice
-    assert all(a >= b for a, b in zip(col[:k], col[1 : k + 1]))
-    assert all(a <= b for a, b in zip(col[k:], col[k + 1 :]))
-    assert lam_grid == pytest.approx(sweep.marks["gridsearch"])
-    assert len(visited) < len(grid)  # and it did not visit the whole grid
-    f, f_var = glm_along_priors(la, Xv, [0.3, 30.0])
-    for k, lam in enumerate([0.3, 30.0]):
-        (p,) = rotated_mnist.predict_by_factorisation(la, [Xv], lam, bs=7)
-        torch.testing.assert_close(
-            p, rotated_mnist.probit(f, f_var[k]), rtol=1e-10, atol=1e-12
-        )
-    # without a cached eigendecomposition: one Cholesky per prior serves every set
-    fresh = DenseSubnetLaplace(
-        model, "classification", la.subnetwork_indices, prior_precision=1.0
-    )
-    fresh.fit(loader)
-    cholesky, calls = torch.linalg.cholesky_ex, []
-    monkeypatch.setattr(
-        torch.linalg,
-        "cholesky_ex",
-        lambda *a, **k: calls.append(1) or cholesky(*a, **k),
-    )
-    p_val, p_train = rotated_mnist.predict_by_factorisation(fresh, [Xv, X], 30.0, bs=7)
-    assert len(calls) == 1
-    torch.testing.assert_close(
-        p_val, rotated_mnist.probit(f, f_var[1]), rtol=1e-10, atol=1e-12
-    )
-    f_tr, f_var_tr = glm_along_priors(la, X, [30.0])
-    torch.testing.assert_close(
-        p_train, rotated_mnist.probit(f_tr, f_var_tr[0]), rtol=1e-10, atol=1e-12
-    )

@@ -38,6 +38,9 @@ from laplace_subnet_ext.diagnostics.sizing import subnet_size_curve
 from laplace_subnet_ext.diagnostics.sweep import (
     PriorSweep,
     glm_along_priors,
+    glm_predict_sets,
+    grid_walk,
+    gridsearch_walk,
     prior_sweep,
 )
 
@@ -45,6 +48,9 @@ __all__ = [
     "PriorSweep",
     "prior_sweep",
     "glm_along_priors",
+    "gridsearch_walk",
+    "grid_walk",
+    "glm_predict_sets",
     "plot_prior_sweep",
     "CaptureResult",
     "FullNetworkReference",

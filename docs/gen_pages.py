@@ -94,7 +94,9 @@ def rotated_mnist_defaults() -> str:
             "-" if r["method"] == "MAP" else f"{r['cost_s']:.0f}",
         ]
         lines.append(
-            f"| {r['method']} | {r['prior']} | {r['n_seeds']} | " + " | ".join(cells) + " |"
+            f"| {r['method']} | {r['prior']} | {r['n_seeds']} | "
+            + " | ".join(cells)
+            + " |"
         )
     return "\n".join(lines)
 

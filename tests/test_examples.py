@@ -203,8 +203,12 @@ def test_rotated_mnist_defaults_quick(tmp_path):
         ("MAP", "-"),
         ("last-layer Laplace", "marglik"), ("last-layer Laplace", "gridsearch"),
         ("KFAC marglik training", "trained"),
+        ("KFAC marglik training", "network alone"),
+        ("KFAC marglik training, train mode", "trained"),
+        ("KFAC marglik training, train mode", "network alone"),
         ("subnet default", "marglik"), ("subnet default", "gridsearch"),
         ("subnet marglik training", "trained"),
+        ("subnet marglik training", "network alone"),
     }  # fmt: skip
     sets = {r["set"] for r in res["per_set"]}
     assert {"0", "90", "180", *res["corruptions"]} <= sets

@@ -37,7 +37,6 @@ both reported.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -58,6 +57,7 @@ from study_common import (
     metrics,
     probit,
     reliability,
+    seed_command_line,
     seed_path,
     summarise,
     train_epochs,
@@ -572,12 +572,8 @@ def plot(runs: list[dict], summary: list[dict], path: Path, prior="marglik") -> 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny run (tests)")
+    ap = seed_command_line(__doc__, RESULTS / "bayesian_lora_text")
     ap.add_argument("--pretrain", action="store_true", help="only the language model")
-    ap.add_argument("--seed", type=int, help="run one seed and write its JSON")
-    ap.add_argument("--report", action="store_true", help="merge finished seeds")
-    ap.add_argument("--out", default=str(RESULTS / "bayesian_lora_text"))
     a = ap.parse_args()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,6 @@ its own random numbers, so a resumed run gives the numbers of an uninterrupted o
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import time
@@ -72,6 +71,7 @@ from study_common import (
     mc_dropout,
     metrics,
     probit,
+    seed_command_line,
     seed_path,
     summarise,
     swag,
@@ -675,9 +675,7 @@ def plot(summary: list[dict], path: Path, prior: str = "gridsearch") -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny run (tests)")
-    ap.add_argument("--seed", type=int, help="run one seed and write its JSON")
+    ap = seed_command_line(__doc__, RESULTS / "rotated_mnist")
     ap.add_argument(
         "--paper-s", action="store_true", help=f"also S = {PAPER_S:,} (Wasserstein)"
     )
@@ -686,8 +684,6 @@ def main() -> None:
         action="store_true",
         help=f"with --seed: only the MAP and S = {PAPER_S:,} (own JSON and state)",
     )
-    ap.add_argument("--report", action="store_true", help="merge finished seeds")
-    ap.add_argument("--out", default=str(RESULTS / "rotated_mnist"))
     a = ap.parse_args()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,6 @@ Stages are resumable as in ``rotated_mnist.py`` (``results/partial/``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -76,6 +75,7 @@ from study_common import (
     finished_seeds,
     metrics,
     probit,
+    seed_command_line,
     seed_path,
 )
 from study_common import summarise as summarise_seeds
@@ -444,11 +444,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny run (tests)")
-    ap.add_argument("--seed", type=int, help="run one seed and write its JSON")
-    ap.add_argument("--report", action="store_true", help="merge finished seeds")
-    ap.add_argument("--out", default=str(RESULTS / "rotated_mnist_defaults"))
+    ap = seed_command_line(__doc__, RESULTS / "rotated_mnist_defaults")
     a = ap.parse_args()
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ averages over seeds with :func:`mean_se`; none writes its own.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import math
@@ -298,6 +299,18 @@ class Stages:
         if name in self.kept:
             return self.kept[name]
         return torch.load(self.path / f"{name}.pt", weights_only=True)
+
+
+def seed_command_line(doc: str, out: Path) -> argparse.ArgumentParser:
+    """The per-seed studies' command line: ``--quick`` (tests), ``--seed K`` (one
+    seed, resumable), ``--report`` (merge finished seeds), ``--out`` (default
+    ``out``); a study adds its own options to it."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny run (tests)")
+    ap.add_argument("--seed", type=int, help="run one seed and write its JSON")
+    ap.add_argument("--report", action="store_true", help="merge finished seeds")
+    ap.add_argument("--out", default=str(out))
+    return ap
 
 
 def seed_path(out: Path, seed: int) -> Path:

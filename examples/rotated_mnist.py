@@ -266,6 +266,19 @@ def last_layer_laplace(model: nn.Module, fit_loader, va, prior: str):
     return la
 
 
+def last_layer_stage(model: nn.Module, fit_loader, va, timed, info, record) -> None:
+    """The last-layer stage of both rotated-MNIST studies: fit and tune at each
+    prior, time it, keep the prior and record the GLM probit predictive."""
+    name = "last-layer Laplace"
+    for prior in ("marglik", "gridsearch"):
+        t0 = time.time()
+        la = last_layer_laplace(model, fit_loader, va, prior)
+        timed(name, f"fit_{prior}", t0)
+        info["prior_precision"].setdefault(name, {})[prior] = float(la.prior_precision)
+        record(name, prior, lambda X, la=la: batched(
+            lambda x: la(x, pred_type="glm", link_approx="probit"), X, 100))  # fmt: skip
+
+
 def subnet_predictions(la, va, sets: list) -> tuple[dict, dict, dict]:
     """Both priors of a fitted subnetwork posterior (marginal likelihood and the
     validation grid, one eigendecomposition) and its GLM probit predictive on
@@ -478,20 +491,7 @@ def run_seed(
 
     # laplace-torch last-layer: its own tuning and GLM probit predictive
     if run("last-layer Laplace"):
-        for prior in ("marglik", "gridsearch"):
-            t0 = time.time()
-            la = last_layer_laplace(model, fit_loader, va, prior)
-            timed("last-layer Laplace", f"fit_{prior}", t0)
-            info["prior_precision"].setdefault("last-layer Laplace", {})[prior] = float(
-                la.prior_precision
-            )
-            record(
-                "last-layer Laplace",
-                prior,
-                lambda X, la=la: batched(
-                    lambda x: la(x, pred_type="glm", link_approx="probit"), X, 100
-                ),
-            )
+        last_layer_stage(model, fit_loader, va, timed, info, record)
         st.finish("last-layer Laplace")
 
     # ours: dense subnetwork Laplace over S weights

@@ -59,7 +59,7 @@ from rotated_mnist import (
     ANGLES,
     ResNet18,
     batched,
-    last_layer_laplace,
+    last_layer_stage,
     linearised_mc,
     ood_set,
     shuffled,
@@ -262,15 +262,7 @@ def run_seed(seed: int, quick: bool, state_dir: Path | None = None) -> dict:
         model.eval()
 
     if st.todo("last-layer Laplace"):
-        for prior in ("marglik", "gridsearch"):
-            t0 = time.time()
-            la = last_layer_laplace(model, fit_loader, va, prior)
-            timed("last-layer Laplace", f"fit_{prior}", t0)
-            info["prior_precision"].setdefault("last-layer Laplace", {})[prior] = float(
-                la.prior_precision
-            )
-            record("last-layer Laplace", prior, lambda X, la=la: batched(
-                lambda x: la(x, pred_type="glm", link_approx="probit"), X, 100))  # fmt: skip
+        last_layer_stage(model, fit_loader, va, timed, info, record)
         st.finish("last-layer Laplace")
 
     def kfac_marglik(name: str, optimizer_cls) -> None:

@@ -287,6 +287,10 @@ def run_seed(seed: int, quick: bool, state_dir: Path | None = None) -> dict:
     if st.todo("KFAC marglik training"):  # as laplace ships it
         kfac_marglik("KFAC marglik training", torch.optim.SGD)
 
+    name = "KFAC marglik training, train mode"
+    if st.todo(name):  # laplace's loop with the model put back in train mode
+        kfac_marglik(name, TrainModeSGD)
+
     name = "subnet default"
     if st.todo(name):
         t0 = time.time()
@@ -296,6 +300,9 @@ def run_seed(seed: int, quick: bool, state_dir: Path | None = None) -> dict:
         idx = mask.select(fit_loader)
         timed(name, "select", t0)
         info.setdefault("selection_stages", {})[name] = mask.stage_seconds
+        info.setdefault("selection_choice", {})[name] = {
+            "eval_used": mask.eval_used, "chosen_by": mask.chosen_by,
+            "objective": mask.objective}  # fmt: skip
         t0 = time.time()
         la = Laplace(model, "classification", "subnetwork", "full",
                      subnetwork_indices=idx)  # fmt: skip
@@ -331,9 +338,6 @@ def run_seed(seed: int, quick: bool, state_dir: Path | None = None) -> dict:
         record(name, "network alone", softmax_of(trained))
         del la, trained
         st.finish(name)
-    name = "KFAC marglik training, train mode"
-    if st.todo(name):  # laplace's loop with the model put back in train mode
-        kfac_marglik(name, TrainModeSGD)
     return {"info": info, "rows": rows}
 
 

@@ -16,7 +16,7 @@ from laplace_subnet_ext.diagnostics import (
     gaussian_w2,
     selection_quality,
 )
-from laplace_subnet_ext.selection.greedy import greedy_schur
+from laplace_subnet_ext.selection.greedy import greedy_schur, subset_objective
 from tests.cases import assert_close
 from tests.test_zoo import full_jacobian
 
@@ -196,6 +196,8 @@ def test_greedy_equals_brute_force_greedy(lik, center):
         prior_precision=0.5,
         candidates=1000,
         center_logits=center,
+        eval_inputs=None,  # the 2026 objective: the training inputs
+        compare_scores=False,  # the greedy path itself
     )
     mask.select(dl)
     # the same objective after every step (ties, e.g. symmetric output biases,
@@ -230,7 +232,7 @@ def test_greedy_subsample_stands_for_the_whole_training_set():
         chosen.append(max(rest, key=lambda j: F(chosen + [j])))
     mask = selection.get("greedy_laplace")(
         model, 5, likelihood="regression", prior_precision=0.5, max_data=16,
-        candidates=1000,
+        candidates=1000, eval_inputs=None, compare_scores=False,
     )  # fmt: skip
     mask.select(DataLoader(dl.dataset, batch_size=16))
     assert_close(
@@ -245,7 +247,8 @@ def test_greedy_eval_inputs_change_the_target():
     far = 4 * torch.randn(40, 3, dtype=torch.float64)
     ref = FullNetworkReference(model, "regression", dl, far, prior_precision=0.5)
     kw = dict(likelihood="regression", prior_precision=0.5, candidates=1000)
-    inside = selection.get("greedy_laplace")(model, 6, **kw).select(dl)
+    inside = selection.get("greedy_laplace")(model, 6, eval_inputs=None, **kw)
+    inside = inside.select(dl)
     outside = selection.get("greedy_laplace")(model, 6, eval_inputs=far, **kw)
     outside = outside.select(dl)
     assert ref.evaluate(outside).share >= ref.evaluate(inside).share
@@ -366,10 +369,94 @@ def test_augmented_eval_inputs_are_the_explicit_ones_and_exact():
     )
     explicit_eq.select(dl)
     assert torch.equal(aug_eq.order, explicit_eq.order)
-    with pytest.raises(ValueError, match="eval_inputs must be inputs, 'augmented'"):
+    with pytest.raises(ValueError, match="eval_inputs must be inputs, None"):
         selection.get("greedy_laplace")(model, 6, eval_inputs="mixup", **kw)
     with pytest.raises(TypeError, match="floating-point tensor inputs"):
         augmented_inputs([torch.arange(6).reshape(3, 2)], 10)
+
+
+def test_subset_objective_gives_the_brute_force_increments_in_any_order():
+    """F along an arbitrary order of columns: each increment F(S_1:k) - F(S_1:k-1)
+    by brute force (float64, 1e-8), with and without separate evaluation
+    Jacobians, classification output Hessians and regression."""
+    J, Lam, E = _random_problem(seed=3)
+    order = torch.randperm(J.shape[-1], generator=torch.Generator().manual_seed(0))[:9]
+    for lam_out, ev in [(Lam, E), (None, None), (Lam, None)]:
+        F = _objective(J, lam_out, J if ev is None else ev, 0.6, 0.9)
+        got = subset_objective(J, lam_out, order, 0.6, 0.9, E=ev)
+        path = order.tolist()
+        inc = [F(path[: k + 1]) - F(path[:k]) for k in range(len(path))]
+        assert_close(got, torch.tensor(inc, dtype=got.dtype), 1e-8, "increments")
+
+
+@pytest.mark.parametrize("lik", LIKS)
+def test_default_objective_keeps_the_better_candidate_and_is_exact(lik):
+    """The default (eval_inputs="auto", compare_scores=True): the variance is
+    counted at the training inputs with interpolations and perturbations
+    (here all three sets whole: 3 x 30 inputs <= max_data); the kept subset's F is
+    the brute-force F of those inputs (dense torch.func reference, float64), it
+    is at least the greedy path's and the Gradient-Laplace top S's, and its
+    captured share of the full network's variance there is at most 1."""
+    from laplace_subnet_ext.selection.greedy import augmented_inputs
+
+    model, dl, X = _problem(lik, seed=8)
+    inputs = torch.cat(augmented_inputs([b[0] for b in dl], 1024))
+    kw = dict(likelihood=lik, prior_precision=0.5, candidates=1000)
+    mask = selection.get("greedy_laplace")(model, 6, **kw)
+    idx = mask.select(dl)
+    assert mask.eval_used == "augmented"
+    assert set(mask.objective) == {"greedy", "gradient_laplace"}
+    greedy = selection.get("greedy_laplace")(
+        model, 6, eval_inputs="augmented", compare_scores=False, **kw
+    )
+    greedy.select(dl)
+    assert_close(mask.objective["greedy"], float(greedy.gains.sum()), 1e-10, "greedy")
+    ref = FullNetworkReference(model, lik, dl, inputs, prior_precision=0.5)
+    P, E = ref.precision(), ref.J
+    if lik == "classification":
+        E = E - E.mean(1, keepdim=True)
+
+    def F(order):
+        return float(_cov(E, P, torch.as_tensor(order)).diagonal(0, -2, -1).sum())
+
+    assert_close(F(mask.order), mask.objective[mask.chosen_by], 1e-8, "kept F")
+    assert_close(F(greedy.order), mask.objective["greedy"], 1e-8, "greedy F")
+    assert F(mask.order) >= max(mask.objective.values()) * (1 - 1e-10)
+    assert_close(mask.gains.sum(), F(mask.order), 1e-8, "gains sum to F")
+    res = ref.evaluate(idx)
+    share = res.share_centered if lik == "classification" else res.share
+    assert 0 < share <= 1
+
+
+def test_default_objective_budget_and_fallback(caplog):
+    """ "auto" keeps the evaluation within max_data inputs (all three sets while
+    3n <= max_data, else a third each) and keeps the training inputs for token
+    ids, saying so; compare_scores is skipped (logged) where S x S would exceed
+    the pool's Jacobians."""
+    model, dl, X = _problem("regression", seed=9)
+    kw = dict(likelihood="regression", prior_precision=0.5, candidates=1000)
+    for max_data, used in [
+        (1024, "augmented"),
+        (90, "augmented"),
+        (60, "augmented_equal"),
+    ]:
+        mask = selection.get("greedy_laplace")(model, 4, max_data=max_data, **kw)
+        mask.select(dl)
+        assert mask.eval_used == used, max_data
+    tok = nn.Sequential(nn.Embedding(11, 4), nn.Flatten(), nn.Linear(12, 2)).double()
+    ids = torch.randint(11, (20, 3))
+    tdl = DataLoader(TensorDataset(ids, torch.randint(2, (20,))), batch_size=5)
+    with caplog.at_level("INFO", logger="laplace_subnet_ext"):
+        mask = selection.get("greedy_laplace")(model=tok, n_params_subnet=5)
+        mask.select(tdl)
+    assert mask.eval_used == "training inputs"
+    assert "cannot be interpolated" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="laplace_subnet_ext"):
+        mask = selection.get("greedy_laplace")(model, 40, max_data=2, **kw)
+        mask.select(DataLoader(dl.dataset, batch_size=2))
+    assert "compare_scores skipped" in caplog.text
+    assert set(mask.objective) == {"greedy"} and mask.chosen_by == "greedy"
 
 
 def test_greedy_block_rule(monkeypatch, caplog):

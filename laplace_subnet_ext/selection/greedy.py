@@ -4,11 +4,24 @@ Index conventions: ``n`` training inputs, ``c``/``k`` outputs, ``p`` all
 parameters, ``q`` candidate parameters, ``s`` chosen parameters.
 
 The objective (Raha, Khare & Patra, 2026) is the linearised predictive variance
-the subnetwork captures on the training inputs, with the full network's prior
-:math:`\lambda` and noise :math:`\sigma`:
+the subnetwork captures at evaluation inputs :math:`x_m`, with the full
+network's prior :math:`\lambda` and noise :math:`\sigma`:
 
-.. math:: F(S) = \sum_n \operatorname{tr} J_{n,S}\, P_{SS}^{-1} J_{n,S}^\top,
-          \qquad P = H/\sigma^2 + \lambda I .
+.. math:: F(S) = \sum_m \operatorname{tr} J_{m,S}\, P_{SS}^{-1} J_{m,S}^\top,
+          \qquad P = H/\sigma^2 + \lambda I ,
+
+:math:`H` the GGN of the training data. Where the variance is counted (issue 40,
+decided here): the 2026 objective counts it at the training inputs, where a weight
+that matters only between or beyond the data carries none. The default
+(``eval_inputs="auto"``) counts it at the training inputs, interpolations between
+random pairs of them and perturbations around them, in equal parts
+(:func:`augmented_inputs`), within the same ``max_data`` inputs; inputs that are
+not floating-point tensors (token ids, dict batches) keep the training inputs.
+The greedy steps are myopic and :math:`F` is not submodular: a set of weights
+that only explains variance together (e.g. a unit's input weight and bias, which
+move its kink) can beat the greedy path. So the default also scores the top S by
+Gradient-Laplace score on the same :math:`F` (one Cholesky of :math:`P_{SS}`,
+:func:`subset_objective`) and keeps the better of the two (``compare_scores``).
 
 Adding weight :math:`j` to :math:`S` changes it by (block inverse of
 :math:`P_{S\cup j}`)
@@ -61,6 +74,7 @@ __all__ = [
     "GREEDY_SHORTLIST",
     "EXACT_GREEDY_WORK",
     "augmented_inputs",
+    "subset_objective",
     "AUGMENT_NOISE",
 ]
 
@@ -216,9 +230,44 @@ def greedy_schur(
     return order, gains
 
 
+def subset_objective(
+    J: torch.Tensor,
+    Lam: torch.Tensor | None,
+    positions: torch.Tensor,
+    prior_precision: float,
+    sigma_noise: float = 1.0,
+    E: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""The increments of :math:`F` along a given order of columns: with
+    :math:`P_{SS} = L L^\top` (Cholesky, in that order) and
+    :math:`W = L^{-1} E_S^\top`, :math:`F(S_{1:k}) = \sum_{i \le k} \|W_i\|^2`
+    (the leading block of a Cholesky factor is the factor of the leading block).
+    Same arguments as :func:`greedy_schur`; ``positions`` are columns of ``J``.
+    One :math:`s \times s` matrix; :math:`O(s^2 (nc + m k) + s^3)` time.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(s,)`` :math:`F(S_{1:k}) - F(S_{1:k-1})`; their sum is :math:`F(S)`.
+    """
+    n, c, _ = J.shape
+    pos = torch.as_tensor(positions, device=J.device).long()
+    JS = J[..., pos]
+    LJ = JS if Lam is None else Lam @ JS
+    P = LJ.reshape(n * c, -1).T @ JS.reshape(n * c, -1) / sigma_noise**2
+    P.diagonal().add_(prior_precision)
+    L = torch.linalg.cholesky(P)
+    ES = (J if E is None else E)[..., pos]
+    W = torch.linalg.solve_triangular(L, ES.reshape(-1, len(pos)).T, upper=False)
+    return W.pow(2).sum(1)
+
+
 #: the ``eval_inputs`` strings: training inputs with interpolations and
 #: perturbations, at three times or at the default's evaluation budget
 AUGMENTED = ("augmented", "augmented_equal")
+#: the ``eval_inputs`` values that are not inputs: ``"auto"`` (the default) and
+#: the two above
+EVAL_MODES = ("auto", *AUGMENTED)
 #: ``eval_inputs="augmented"``: Gaussian perturbations of the training inputs with
 #: this multiple of each input feature's standard deviation
 AUGMENT_NOISE = 0.5
@@ -296,15 +345,24 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         :math:`\mathbf 1` does not change a softmax prediction and has no
         curvature (the prior alone sets it), so without centring the greedy
         choice chases weights that move all logits together.
-    eval_inputs : tensor, dict, iterable of batches, or "augmented", optional
-        Where the captured variance is counted (default: the training inputs).
-        Pass unlabelled inputs from where predictions will be made (e.g. a wider
-        input range, or the deployment distribution) to target them; the
-        curvature still comes from the training data. ``"augmented"``: the
-        training inputs plus interpolations between and perturbations around
-        them (:func:`augmented_inputs`; three times the evaluation Jacobians).
-        ``"augmented_equal"``: the same three sets with a third of the
-        training inputs used each (the default's evaluation cost).
+    eval_inputs : "auto", tensor, dict, iterable of batches, "augmented", "augmented_equal" or None, default="auto"
+        Where the captured variance is counted; the curvature always comes from
+        the training data. ``"auto"``: the training inputs, interpolations
+        between and perturbations around them (:func:`augmented_inputs`) within
+        ``max_data`` inputs in all: all three sets whole while they fit
+        (``"augmented"``), else a third of the first ``max_data`` training
+        inputs each (``"augmented_equal"``: the cost of the training inputs
+        alone); inputs
+        that are not floating-point tensors keep the training inputs (logged).
+        ``None``: the training inputs (the 2026 objective). Inputs: pass
+        unlabelled inputs from where predictions will be made (a wider input
+        range, the deployment distribution) to target them.
+        ``"augmented"`` / ``"augmented_equal"``: those sets whatever their size.
+    compare_scores : bool, default=True
+        Also score the top S by Gradient-Laplace score (the pool's screening) on
+        the same objective and keep it when it captures more than the greedy
+        path (module docstring; logged). Skipped (logged) when its
+        :math:`S \times S` precision would be larger than the pool's Jacobians.
     memory_budget : int or str, optional
         For ``n_params_subnet="auto"``.
     progress_bar : bool, default=False
@@ -328,6 +386,14 @@ class GreedyLaplaceMask(TrainableSubnetMask):
     stage_seconds : dict
         Seconds of the pool screening, the pool's Jacobians and the greedy
         steps.
+    eval_used : str
+        Where the variance was counted: ``"training inputs"``, ``"augmented"``,
+        ``"augmented_equal"`` or ``"given"``.
+    objective : dict
+        :math:`F` of each candidate subset scored (``"greedy"``, and
+        ``"gradient_laplace"`` under ``compare_scores``).
+    chosen_by : str
+        The candidate kept (the larger :math:`F`).
     """
 
     def __init__(
@@ -342,7 +408,8 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         min_candidates: int = 2048,
         max_data: int = 1024,
         center_logits: bool = True,
-        eval_inputs=None,
+        eval_inputs="auto",
+        compare_scores: bool = True,
         memory_budget: int | str | None = None,
         dict_key_x: str = "input_ids",
         dict_key_y: str = "labels",
@@ -355,10 +422,10 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         )
         if not candidates >= 1:
             raise ValueError(f"candidates must be >= 1; got {candidates}.")
-        if isinstance(eval_inputs, str) and eval_inputs not in AUGMENTED:
+        if isinstance(eval_inputs, str) and eval_inputs not in EVAL_MODES:
             raise ValueError(
-                "eval_inputs must be inputs, 'augmented' or 'augmented_equal'; got "
-                f"{eval_inputs!r}."
+                "eval_inputs must be inputs, None (the training inputs), 'auto', "
+                f"'augmented' or 'augmented_equal'; got {eval_inputs!r}."
             )
         if not (isinstance(max_data, int) and max_data >= 1):
             raise ValueError(f"max_data must be a positive int; got {max_data!r}.")
@@ -370,6 +437,10 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         self.max_data = max_data
         self.center_logits = center_logits
         self.eval_inputs = eval_inputs
+        self.compare_scores = bool(compare_scores)
+        self.eval_used: str | None = None
+        self.objective: dict[str, float] = {}
+        self.chosen_by: str | None = None
         self.dict_key_x, self.dict_key_y = dict_key_x, dict_key_y
         self.progress_bar = bool(progress_bar)
         if block != "auto" and not (isinstance(block, int) and block >= 1):
@@ -414,6 +485,35 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         )
         return block
 
+    def _eval_jacobians(self, jac, batches: _Batches, J: torch.Tensor) -> torch.Tensor:
+        """The Jacobians where :math:`F` counts the variance (``eval_inputs``);
+        ``J`` itself for the training inputs. Sets ``eval_used``."""
+        mode = self.eval_inputs
+        if mode is None:
+            self.eval_used = "training inputs"
+            return J
+        if not isinstance(mode, str):
+            self.eval_used = "given"
+            evals = iter_inputs(mode, self.dict_key_y)
+            return torch.cat([jac(X)[0].double() for X in evals])
+        inputs = self._inputs(batches)
+        if mode == "auto":
+            if not all(torch.is_tensor(X) and X.is_floating_point() for X in inputs):
+                logger.info(
+                    "GreedyLaplaceMask: eval_inputs='auto' counts the variance at "
+                    "the training inputs (they are not floating-point tensors, "
+                    "which cannot be interpolated)"
+                )
+                self.eval_used = "training inputs"
+                return J
+            n = min(sum(len(X) for X in inputs), self.max_data)
+            mode = "augmented" if 3 * n <= self.max_data else "augmented_equal"
+        self.eval_used = mode
+        evals = augmented_inputs(
+            inputs, self.max_data, equal_budget=mode == "augmented_equal"
+        )
+        return torch.cat([jac(X)[0].double() for X in evals])
+
     def get_subnet_mask(self, train_loader: DataLoader) -> torch.Tensor:
         if train_loader is None:
             raise ValueError(
@@ -445,20 +545,26 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         # a subsample's curvature, scaled to the whole training set's
         N = len(getattr(train_loader, "dataset", ())) or len(J)
         sigma = self.sigma_noise * (len(J) / max(N, len(J))) ** 0.5
-        E = J
-        if self.eval_inputs is not None:
-            evals = (
-                augmented_inputs(
-                    self._inputs(batches),
-                    self.max_data,
-                    equal_budget=self.eval_inputs == "augmented_equal",
-                )
-                if isinstance(self.eval_inputs, str)
-                else iter_inputs(self.eval_inputs, self.dict_key_y)
-            )
-            E = torch.cat([jac(X)[0].double() for X in evals])
+        E = self._eval_jacobians(jac, batches, J)
         if self.center_logits and self.likelihood != "regression":
             E = E - E.mean(1, keepdim=True)
+        t_compare = time.perf_counter()
+        # the challenger: the pool's top S by screening score, on the same F
+        challenger = None
+        if self.compare_scores and S < C:
+            if S * S <= J.numel():
+                top = scores[pool].topk(S).indices
+                challenger = subset_objective(
+                    J, Lam, top, self.prior_precision, sigma, E=None if E is J else E
+                )
+            else:
+                logger.info(
+                    "GreedyLaplaceMask: compare_scores skipped (S x S = %.2g entries > "
+                    "the pool's Jacobians, %.2g)",
+                    S * S,
+                    J.numel(),
+                )
+        t_compare = time.perf_counter() - t_compare
         self.block_used = self._block(S, J.shape[0] * J.shape[1], C)
         t2 = time.perf_counter()
         order, gains = greedy_schur(
@@ -472,19 +578,33 @@ class GreedyLaplaceMask(TrainableSubnetMask):
             block=self.block_used,
             overwrite_eval=True,  # E, when not J, was built for this call
         )
+        self.objective = {"greedy": float(gains.sum())}
+        self.chosen_by = "greedy"
+        if challenger is not None:
+            self.objective["gradient_laplace"] = float(challenger.sum())
+            if self.objective["gradient_laplace"] > self.objective["greedy"]:
+                order, gains, self.chosen_by = top, challenger, "gradient_laplace"
+            logger.info(
+                "GreedyLaplaceMask: kept the %s choice (captured variance: greedy "
+                "%.4g, Gradient-Laplace top S %.4g)",
+                self.chosen_by,
+                self.objective["greedy"],
+                self.objective["gradient_laplace"],
+            )
         self.order = pool[order.to(pool.device)]
         self.gains = gains
         self.pool_size = C
         self.stage_seconds = {
             "screening": t1 - t0,
-            "jacobians": t2 - t1,
+            "jacobians": t2 - t1 - t_compare,
+            "compare": t_compare,
             "greedy": time.perf_counter() - t2,
         }
         chosen = torch.zeros(self._n_params, dtype=torch.bool, device=pool.device)
         chosen[self.order] = True
         logger.info(
             "GreedyLaplaceMask: S=%d from a pool of %d (%d zero-curvature dropped); "
-            "screening %.1f s, pool Jacobians %.1f s, greedy %.1f s",
+            "screening %.1f s, pool Jacobians %.1f s, comparison %.1f s, greedy %.1f s",
             S,
             C,
             self.n_zero_curvature,

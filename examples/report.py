@@ -218,8 +218,8 @@ def selection() -> str:
     models = [m["model"] for m in res["results"]]
     lines += [
         "",
-        "Selection wall time, slowest S (seconds, 2 cores, MLP and CNN rows measured beside other jobs; the reference's cost "
-        "is not included):",
+        "Selection wall time, slowest S (seconds, under the conditions the page "
+        "states; the reference's cost is not included):",
         "",
         "| strategy | " + " | ".join(models) + " |",
         "|---|" + "---:|" * len(models),

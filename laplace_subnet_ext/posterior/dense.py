@@ -63,7 +63,7 @@ logger = logging.getLogger("laplace_subnet_ext")
 INERT_KEY = ("subnetwork", "full", "laplace_subnet_ext:unregistered")
 
 #: the selection strategy used when only ``n_params_subnet`` is given (README,
-#: "Which weights": best in 24 of 25 cells of the five-model study)
+#: "Which weights": best in 25 of 25 cells of the five-model study)
 DEFAULT_MASK = "greedy_laplace"
 
 #: selection or fit taking longer than this (seconds) prints a one-line summary

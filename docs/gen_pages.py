@@ -338,6 +338,34 @@ def inbetween_study() -> str:
     )
 
 
+def inbetween_shift_oracle() -> str:
+    """The selection study's digits models under its shift: the default, the
+    Wasserstein rule with ``diag_laplace`` variances, and the default told the
+    rotated digits (the oracle), on clean and rotated digits."""
+    res = json.loads((ROOT / "benchmarks" / "results" / "inbetween.json").read_text())
+    cells: dict[tuple, dict] = {}
+    for r in res.get("shift_oracle", []):
+        cells.setdefault((r["model"], r["D"], r["S"]), {})[r["strategy"]] = r
+    lines = [
+        "| model (D) | S | rotated: default | rotated: wasserstein (diag_laplace) "
+        "| rotated: oracle | clean: default | clean: wasserstein (diag_laplace) "
+        "| clean: oracle |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    order = ["greedy (default)", "wasserstein (diag_laplace)"]
+    for (model, D, S), v in cells.items():
+        oracle = next(r for k, r in v.items() if k.startswith("oracle"))
+        rs = [v[k] for k in order] + [oracle]
+        lines.append(
+            f"| {model} ({D}) | {S} | "
+            + " | ".join(f"{r['rotated']:.3f}" for r in rs)
+            + " | "
+            + " | ".join(f"{r['clean']:.3f}" for r in rs)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 _INBETWEEN_FIXED = {"problem", "D", "strategy", "S", "all", "seconds"}
 
 
@@ -363,6 +391,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "inbetween": inbetween,
     "inbetween_verdict": inbetween_verdict,
     "inbetween_study": inbetween_study,
+    "inbetween_shift_oracle": inbetween_shift_oracle,
     "greedy_synthetic": greedy_synthetic,
     "transformer_lora": transformer_lora,
     "bayesian_lora_text": bayesian_lora_text,

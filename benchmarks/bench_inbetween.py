@@ -215,19 +215,22 @@ def shift_oracle_rows() -> list[dict]:
     return rows
 
 
+def _write(key: str, value) -> None:
+    """Set ``key`` of the results JSON, keeping the other keys."""
+    res = json.loads(OUT.read_text()) if OUT.exists() else {}
+    res[key] = value
+    OUT.write_text(json.dumps(res, indent=1))
+
+
 def main() -> None:
-    if "--shift-oracle" in sys.argv:
-        res = json.loads(OUT.read_text()) if OUT.exists() else {}
-        res["shift_oracle"] = shift_oracle_rows()
-        OUT.write_text(json.dumps(res, indent=1))
-        print(f"wrote {OUT}")
-        return
-    if "--study" in sys.argv:
-        res = json.loads(OUT.read_text()) if OUT.exists() else {}
-        res["study"] = study_rows()
-        OUT.write_text(json.dumps(res, indent=1))
-        print(f"wrote {OUT}")
-        return
+    for flag, key, build in [
+        ("--shift-oracle", "shift_oracle", shift_oracle_rows),
+        ("--study", "study", study_rows),
+    ]:
+        if flag in sys.argv:
+            _write(key, build())
+            print(f"wrote {OUT}")
+            return
     rows = []
     for name, (model, lik, loader, test, sigma, regions) in problems().items():
         ref = FullNetworkReference(
@@ -249,9 +252,7 @@ def main() -> None:
                       and k != "share_centered"}}  # fmt: skip
             print(row, flush=True)
             rows.append(row)
-        res = json.loads(OUT.read_text()) if OUT.exists() else {}
-        res["rows"] = rows
-        OUT.write_text(json.dumps(res, indent=1))
+        _write("rows", rows)
     print(f"wrote {OUT}")
 
 

@@ -352,8 +352,8 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         ``max_data`` inputs in all: all three sets whole while they fit
         (``"augmented"``), else a third of the first ``max_data`` training
         inputs each (``"augmented_equal"``: the cost of the training inputs
-        alone); inputs
-        that are not floating-point tensors keep the training inputs (logged).
+        alone); inputs that are not floating-point tensors keep the training
+        inputs (logged).
         ``None``: the training inputs (the 2026 objective). Inputs: pass
         unlabelled inputs from where predictions will be made (a wider input
         range, the deployment distribution) to target them.

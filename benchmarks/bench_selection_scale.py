@@ -17,6 +17,8 @@ The network is the study's ResNet with the study's training (20 epochs, seed 0;
 ``--untrained`` for timing only). Threads: 2.
 
     python benchmarks/bench_selection_scale.py --diagonal --select 10000
+    python benchmarks/bench_selection_scale.py --select 42438 --state \
+        examples/results/partial/rotated_mnist_defaults_seed0/model.pt
 
 Writes benchmarks/results/selection_scale.json (merged per part).
 """
@@ -48,15 +50,18 @@ def peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def model_and_data(trained: bool, quick: bool):
-    """The study's split and network; trained as its seed-0 MAP (20 epochs)."""
+def model_and_data(trained: bool, quick: bool, state: str | None = None):
+    """The study's split and network; trained as its seed-0 MAP (20 epochs), or
+    loaded from ``state`` (a state dict, e.g. the study's saved seed-0 MAP)."""
     import rotated_mnist as rm
 
     (X, y), _, _ = rm.splits(quick)
     width, epochs = (8, 1) if quick else (32, 20)
     torch.manual_seed(0)
     model = rm.ResNet18(width)
-    if trained:
+    if state is not None:
+        model.load_state_dict(torch.load(state))
+    elif trained:
         t0 = time.perf_counter()
         model = rm.train(model, (X, y), epochs, seed=0)
         print(f"MAP: {time.perf_counter() - t0:.0f} s", flush=True)
@@ -102,9 +107,11 @@ def part_select(model, X, y, S: int) -> dict:
     return {
         "S": S,
         "seconds": total,
-        "seconds_screening": mask.stage_seconds["screening"],
-        "seconds_jacobians": mask.stage_seconds["jacobians"],
-        "seconds_greedy": mask.stage_seconds["greedy"],
+        **{f"seconds_{k}": v for k, v in mask.stage_seconds.items()},
+        "chosen_by": mask.chosen_by,
+        "objective": mask.objective,
+        "eval_used": mask.eval_used,
+        "greedy_skipped": mask.greedy_skipped,
         "max_data": mask.max_data,
         "pool": mask.pool_size,
         "block": mask.block_used,
@@ -120,6 +127,7 @@ def main() -> None:
     ap.add_argument("--side-by-side", type=int, default=256)
     ap.add_argument("--select", type=int, nargs="*", default=[])
     ap.add_argument("--untrained", action="store_true")
+    ap.add_argument("--state", help="load the network's weights from this state dict")
     ap.add_argument("--quick", action="store_true", help="tiny run (tests)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
@@ -128,7 +136,7 @@ def main() -> None:
     out = Path(args.out)
     res = json.loads(out.read_text()) if out.exists() else {}
     res["threads"] = torch.get_num_threads()
-    model, X, y = model_and_data(not args.untrained, args.quick)
+    model, X, y = model_and_data(not args.untrained, args.quick, args.state)
     res["D"] = sum(p.numel() for p in model.parameters())
     res["trained"] = not args.untrained
     if args.diagonal:

@@ -1,6 +1,9 @@
 """ViT-B/16 (torchvision, random init, 86M weights): subnetwork Laplace over the MLP
 blocks of all 12 layers (``--pool mlp``) or over all tensors (``--pool all``),
-side by side with laplace-torch 0.3 (aleximmer/Laplace#232).
+side by side with laplace-torch 0.3 (aleximmer/Laplace#232); or with the
+defaults end to end (``--pool default``: ``n_params_subnet`` alone, so the
+default selection picks S of all 86M weights inside ``fit``; its stages, where S
+landed and the fit's time without the selection are recorded).
 
 Each implementation runs in its own process, stopped (and recorded as out of
 memory) when its resident memory passes ``--mem-gib``; partial results survive.
@@ -9,6 +12,8 @@ peak RSS, (ours) which tensors took the fast path and the flop bound of the fit
 (c backward passes + one GEMM) in the same process. Prints a table, writes JSON.
 
     python benchmarks/bench_vit.py --n 32 --n-subnet 10000 --mem-gib 19
+    python benchmarks/bench_vit.py --impls ours --pool default --mem-gib 19 \
+        --out benchmarks/results/vit_b_16_default   # the defaults end to end
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ def _run(impl: str, n: int, n_subnet: int, batch: int, pool_kind: str, q) -> Non
         start += p.numel()
     pool = torch.cat(pool)
     idx = pool[torch.randperm(len(pool))[:n_subnet]].sort().values
+    if pool_kind == "default":
+        idx = None  # n_params_subnet alone: the default selection, inside fit
     X, y = torch.randn(n, 3, 224, 224), torch.randint(10, (n,))
     dl = DataLoader(TensorDataset(X, y), batch_size=batch)
     out = {
@@ -64,7 +71,10 @@ def _run(impl: str, n: int, n_subnet: int, batch: int, pool_kind: str, q) -> Non
     }
     cls = FullSubnetLaplace if impl == "laplace" else DenseSubnetLaplace
     kw = {} if impl == "laplace" else {"curvature_dtype": torch.float32}  # as laplace
-    la = cls(model, "classification", idx, **kw)
+    if idx is None:  # the defaults, end to end
+        la = DenseSubnetLaplace(model, "classification", n_params_subnet=n_subnet)
+    else:
+        la = cls(model, "classification", idx, **kw)
     out["stage"] = "fit"  # where a stopped run was
     q.put(dict(out))
     t = time.perf_counter()
@@ -78,7 +88,30 @@ def _run(impl: str, n: int, n_subnet: int, batch: int, pool_kind: str, q) -> Non
         return
     out["fit_s"] = time.perf_counter() - t
     out["peak_rss_gb"] = _rss_gb()
+    if la.selection is not None:  # the default selection ran inside fit
+        mask = la.selection
+        out["select_s"] = la.selection_seconds
+        out["fit_s"] -= la.selection_seconds
+        out["selection"] = {
+            "stage_seconds": mask.stage_seconds,
+            "chosen_by": mask.chosen_by,
+            "objective": mask.objective,
+            "eval_used": mask.eval_used,
+            "greedy_skipped": mask.greedy_skipped,
+            "pool": mask.pool_size,
+            "block": mask.block_used,
+            "n_zero_curvature": mask.n_zero_curvature,
+        }
+        counts, start, chosen = {}, 0, la.subnetwork_indices
+        for k, p in named:
+            hit = int(((chosen >= start) & (chosen < start + p.numel())).sum())
+            if hit:
+                counts[k] = hit
+            start += p.numel()
+        out["where"] = counts
+        out["curvature_dtype"] = str(la.H.dtype)
     if impl == "ours":
+        out["generic_reasons"] = la.generic_reasons
         fast, slow = la.jacobians.split()
         out["fast_tensors"] = len(fast)
         out["generic_tensors"] = len(slow)
@@ -111,7 +144,13 @@ def main() -> None:
     ap.add_argument("--mem-gib", type=float, default=20.0)
     ap.add_argument("--cap", type=float, default=1800.0)
     ap.add_argument("--impls", nargs="+", default=["laplace", "ours"])
-    ap.add_argument("--pool", choices=["mlp", "all"], default="mlp")
+    ap.add_argument(
+        "--pool",
+        choices=["mlp", "all", "default"],
+        default="mlp",
+        help="S drawn at random from the MLP blocks or all tensors, or chosen by "
+        "the default selection (n_params_subnet alone, inside fit)",
+    )
     ap.add_argument("--out", default="benchmarks/results/vit_b_16")
     a = ap.parse_args()
     rows = []
@@ -147,7 +186,7 @@ def main() -> None:
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out + ".json", "w") as fh:
         json.dump({"args": vars(a), "cpu_threads": 2, "rows": rows}, fh, indent=1)
-    keys = ("fit_s", "marglik_s", "predict_s", "peak_rss_gb", "flop_bound_s")
+    keys = ("select_s", "fit_s", "marglik_s", "predict_s", "peak_rss_gb", "flop_bound_s")
     print(f"\n{'impl':<8} {'D':>10} {'S':>6} " + " ".join(f"{k:>12}" for k in keys))
     for r in rows:
         vals = [f"{r[k]:.2f}" if k in r else "-" for k in keys]

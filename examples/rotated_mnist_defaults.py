@@ -9,6 +9,9 @@ The same data, split, ResNet, MAP training and seeds as ``rotated_mnist.py``
 * ``subnet default``: the package's default selection (``greedy_laplace``, as
   ``Laplace(..., n_params_subnet=10_000)`` with its defaults) at S = 10,000,
   dense GGN posterior, both priors;
+* ``subnet gradient-laplace``: what the default selection keeps above its
+  work bound (``max_greedy_work``): the Gradient-Laplace top S of its pool
+  screening (the same 1,024 inputs), without the greedy steps; same posterior;
 * ``subnet marglik training``: :func:`laplace_subnet_ext.marglik_training` from
   the same initial weights: weights and a layer-wise prior learnt together by
   the evidence of the default subnetwork (S = 10,000, selected at the first
@@ -291,18 +294,16 @@ def run_seed(seed: int, quick: bool, state_dir: Path | None = None) -> dict:
     if st.todo(name):  # laplace's loop with the model put back in train mode
         kfac_marglik(name, TrainModeSGD)
 
-    name = "subnet default"
-    if st.todo(name):
+    def subnet_stage(name: str, mask) -> None:
+        """Select with ``mask``, fit the dense GGN posterior, both priors."""
         t0 = time.time()
-        mask = selection.get(DEFAULT_MASK)(
-            model, S, likelihood="classification", prior_precision=1.0, sigma_noise=1.0
-        )
         idx = mask.select(fit_loader)
         timed(name, "select", t0)
-        info.setdefault("selection_stages", {})[name] = mask.stage_seconds
+        info.setdefault("selection_stages", {})[name] = dict(mask.stage_seconds)
         info.setdefault("selection_choice", {})[name] = {
             "eval_used": mask.eval_used, "chosen_by": mask.chosen_by,
-            "objective": mask.objective}  # fmt: skip
+            "objective": mask.objective,
+            "greedy_skipped": mask.greedy_skipped}  # fmt: skip
         t0 = time.time()
         la = Laplace(model, "classification", "subnetwork", "full",
                      subnetwork_indices=idx)  # fmt: skip
@@ -322,6 +323,17 @@ def run_seed(seed: int, quick: bool, state_dir: Path | None = None) -> dict:
                              "ood_auroc": auroc(out["0"][prior], out["ood"][prior])})  # fmt: skip
         del la
         st.finish(name)
+
+    def default_mask(**kw):
+        return selection.get(DEFAULT_MASK)(
+            model, S, likelihood="classification", prior_precision=1.0,
+            sigma_noise=1.0, **kw)  # fmt: skip
+
+    if st.todo("subnet default"):
+        subnet_stage("subnet default", default_mask())
+    name = "subnet gradient-laplace"
+    if st.todo(name):  # the default's screening alone: its rule above the bound
+        subnet_stage(name, default_mask(max_greedy_work=1.0))
 
     name = "subnet marglik training"
     if st.todo(name):
@@ -422,7 +434,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.errorbar(
                 r["nll clean"], r[f"nll {shift}"], xerr=r["nll clean_se"],
                 yerr=r[f"nll {shift}_se"], fmt="os^vD<>ph*"[i % 10], ms=7,
-                capsize=3, label=label,
+                color=plt.cm.tab20(i % 20), capsize=3, label=label,
             )  # fmt: skip
         ax.set_xlabel("clean NLL")
         ax.set_ylabel(

@@ -207,6 +207,8 @@ def test_rotated_mnist_defaults_quick(tmp_path):
         ("KFAC marglik training, train mode", "trained"),
         ("KFAC marglik training, train mode", "network alone"),
         ("subnet default", "marglik"), ("subnet default", "gridsearch"),
+        ("subnet gradient-laplace", "marglik"),
+        ("subnet gradient-laplace", "gridsearch"),
         ("subnet marglik training", "trained"),
         ("subnet marglik training", "network alone"),
     }  # fmt: skip
@@ -219,6 +221,11 @@ def test_rotated_mnist_defaults_quick(tmp_path):
         assert math.isfinite(r["cost_s"])  # a training method's: minus the MAP's
     (info,) = res["info"]
     assert sum(info["where"]["subnet default"].values()) == info["S"]
+    gl = info["selection_choice"]["subnet gradient-laplace"]
+    assert (
+        gl["chosen_by"] == "gradient_laplace"
+        and "max_greedy_work" in gl["greedy_skipped"]
+    )
     assert info["margliks"]["subnet marglik training"]
 
 

@@ -191,3 +191,34 @@ def test_block_plan_follows_the_fill_of_rows_and_columns():
     (use, _) = linear_uses(lin.weight, lin.bias, b, lin(b), 3)
     assert plan(dense) == "_Blocked"  # 64 x (1 + 16) <= 32 x 64 x 1
     assert plan(part) == "_Gathered"  # 64 x (1 + 16) > 32 x 24 x 1
+
+
+def test_layout_partition_equals_the_mask_reference():
+    """SubnetLayout's binary search gives each tensor the positions and local
+    indices a mask over all S indices gives (ascending positions), sorted or
+    not, with untouched tensors left out."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3), nn.Linear(3, 2))
+    D = sum(p.numel() for p in m.parameters())
+
+    def reference(indices):
+        out, start = [], 0
+        for name, p in m.named_parameters():
+            stop = start + p.numel()
+            pos = ((indices >= start) & (indices < stop)).nonzero(as_tuple=True)[0]
+            if len(pos):
+                out.append((name, pos, indices[pos] - start))
+            start = stop
+        return out
+
+    for trial in range(60):
+        idx = torch.randperm(D)[: int(torch.randint(1, D + 1, ()))]
+        if trial % 2:
+            idx = idx.sort().values
+        layout = SubnetLayout(m, idx)
+        ref = reference(idx)
+        assert [s.name for s in layout.selections] == [r[0] for r in ref]
+        for sel, (_, pos, local) in zip(layout.selections, ref):
+            assert torch.equal(sel.positions, pos) and torch.equal(sel.local, local)

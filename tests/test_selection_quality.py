@@ -480,6 +480,60 @@ def test_greedy_block_rule(monkeypatch, caplog):
         selection.get("greedy_laplace")(model, 6, block=0, **kw)
 
 
+def test_greedy_work_and_memory_bound(monkeypatch, caplog):
+    """Over max_greedy_work (or the memory bound) the default keeps the
+    Gradient-Laplace top S, decided before the pool's Jacobians, and says why;
+    the work estimate counts the rows the greedy steps would use."""
+    from laplace_subnet_ext.selection import greedy
+
+    model, dl, X = _problem("classification")
+    kw = dict(likelihood="classification", prior_precision=0.5, candidates=1000)
+    ref = selection.get("gradient_laplace")(model, 6)
+    ref_idx = ref.select(dl)
+    with caplog.at_level("INFO", logger="laplace_subnet_ext"):
+        mask = selection.get("greedy_laplace")(model, 6, max_greedy_work=1.0, **kw)
+        idx = mask.select(dl)
+    assert mask.chosen_by == "gradient_laplace" and mask.gains is None
+    # S x C x (rows + S/2 + eval rows): 30 inputs x 3 classes, 90 evaluation
+    # inputs x 2 centred rows, C = the 45 weights with curvature
+    C = sum(p.numel() for p in model.parameters()) - mask.n_zero_curvature
+    assert f"6 x {C} x (90 + 3 + 180)" in mask.greedy_skipped
+    assert "over their bound" in caplog.text
+    assert torch.equal(idx.sort().values, ref_idx.sort().values)
+    assert set(mask.stage_seconds) == {"screening"}
+    # under the bound: the greedy steps, nothing skipped
+    mask = selection.get("greedy_laplace")(model, 6, **kw)
+    mask.select(dl)
+    assert mask.greedy_skipped is None and mask.chosen_by in (
+        "greedy",
+        "gradient_laplace",
+    )
+    # the memory bound
+    monkeypatch.setattr(greedy, "available_bytes", lambda device: 1000)
+    mask = selection.get("greedy_laplace")(model, 6, **kw)
+    mask.select(dl)
+    assert "of the free memory" in mask.greedy_skipped
+    assert mask.chosen_by == "gradient_laplace"
+    off = selection.get("greedy_laplace")(model, 6, max_greedy_work=None, **kw)
+    off.select(dl)
+    assert off.greedy_skipped is None and off.gains is not None
+    with pytest.raises(ValueError, match="max_greedy_work must be a positive"):
+        selection.get("greedy_laplace")(model, 6, max_greedy_work=0, **kw)
+
+
+def test_centred_rows_keep_the_gram_of_the_centred_jacobians():
+    from laplace_subnet_ext.selection.greedy import centred, column_dots
+
+    E = torch.randn(7, 4, 5, dtype=torch.float64)
+    Ec = E - E.mean(1, keepdim=True)
+    Er = centred(E)
+    assert Er.shape == (7, 3, 5)
+    G = Ec.reshape(-1, 5).T @ Ec.reshape(-1, 5)
+    assert_close(Er.reshape(-1, 5).T @ Er.reshape(-1, 5), G, 1e-12, "Gram")
+    X = torch.randn(600, 9, dtype=torch.float64)  # more rows than one chunk
+    assert_close(column_dots(X), X.pow(2).sum(0), 1e-12, "column norms")
+
+
 def test_greedy_first_step_is_the_closed_form():
     """Identity output Hessian: the first gain is ||J_q||^2 / (||J_q||^2 + lambda)."""
     J = torch.randn(5, 2, 4, dtype=torch.float64)

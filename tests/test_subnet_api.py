@@ -461,5 +461,12 @@ def test_n_params_subnet_alone_selects_with_the_default_strategy():
         model, 9, likelihood="classification", prior_precision=0.3
     )
     assert torch.equal(la.subnetwork_indices, ref.select(dl).sort().values)
+    # what the selection did is kept: the mask object and its time
+    assert type(la.selection) is type(ref) and la.selection.chosen_by == ref.chosen_by
+    assert la.selection.objective == pytest.approx(ref.objective, rel=1e-12)
+    assert la.selection_seconds > 0
+    given = DenseSubnetLaplace(model, "classification", la.subnetwork_indices)
+    given.fit(dl)
+    assert given.selection is None and given.selection_seconds is None
     with pytest.raises(TypeError, match="n_params_subnet"):
         DenseSubnetLaplace(model, "classification")

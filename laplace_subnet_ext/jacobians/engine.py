@@ -255,7 +255,7 @@ class SubnetJacobians:
                 if diag is None:
                     diag = f.new_zeros(self.layout.n_subnet)
                 A = None if out_factor is None else out_factor(f)
-                diag[sel.positions] = diagonal_contraction(Js_l, A)
+                diag[sel.columns] = diagonal_contraction(Js_l, A)
         if diag is None:  # every tensor generic and left to the caller
             ref = self.layout.selections[0].param
             diag = torch.zeros(self.layout.n_subnet, dtype=ref.dtype, device=ref.device)
@@ -274,7 +274,7 @@ class SubnetJacobians:
             if self.verify and sel.name not in self.verified:
                 part = wts[:, k].to(cols.dtype) @ cols
                 check[sel.name] = check[sel.name] + part if sel.name in check else part
-            diag[sel.positions] += cols.square_().sum(0)  # cols is ours: in place
+            diag[sel.columns] += cols.square_().sum(0)  # cols is ours: in place
 
         _, f, fast, demoted, report = self._fast(
             candidates, x, out_factor=out_factor, sink=sink
@@ -347,7 +347,7 @@ class SubnetJacobians:
             Js = f.new_zeros(b, c, self.layout.n_subnet)
 
             def sink(k, sel, cols, wts):
-                Js[:, k, sel.positions] += cols
+                Js[:, k, sel.columns] += cols
 
         work: dict[int, tuple] = {}  # per tensor: (sel, [(use, plan)])
         for sel in fast:
@@ -459,7 +459,7 @@ class SubnetJacobians:
                 *f.shape, self.layout.n_subnet, dtype=f.dtype, device=f.device
             )
         for sel, cols in zip(slow, _split_cols(Js_slow, slow)):
-            Js[:, :, sel.positions] = cols
+            Js[:, :, sel.columns] = cols
         return Js, f
 
     def generic_plan(self, slow: list, x) -> tuple[int, int | None]:

@@ -36,6 +36,9 @@ class TensorSelection:
         ``(s_l,)`` flat indices inside ``param``.
     positions : torch.Tensor
         ``(s_l,)`` columns of :math:`J_S` (positions in the subnetwork).
+    span : slice or None
+        ``positions`` as a slice when they are consecutive (sorted indices):
+        :attr:`columns` indexes with it, a view instead of a gather.
     """
 
     name: str
@@ -44,6 +47,13 @@ class TensorSelection:
     attr: str
     local: torch.Tensor
     positions: torch.Tensor
+    span: slice | None = None
+
+    @property
+    def columns(self) -> slice | torch.Tensor:
+        """The columns of :math:`J_S` to index with: :attr:`span` if set, else
+        :attr:`positions`."""
+        return self.positions if self.span is None else self.span
 
 
 class SubnetLayout:
@@ -69,16 +79,34 @@ class SubnetLayout:
         self.indices = indices
         selections: list[TensorSelection] = []
         touched: list[int] = []
+        # each tensor's range of the parameter vector, found by binary search in
+        # the sorted indices (one mask over all S indices per tensor took 85 s
+        # of a ViT-B/16 screening, S = D = 86M, 152 tensors)
+        ascending = bool((indices[1:] >= indices[:-1]).all())
+        order = None if ascending else torch.argsort(indices, stable=True)
+        values = indices if ascending else indices[order]
+        sizes = torch.tensor([p.numel() for _, p in named], dtype=torch.long)
+        edges = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)]).to(indices.device)
+        cuts = torch.searchsorted(values, edges).tolist()
         start = 0
         for layer, (name, p) in enumerate(named):
             stop = start + p.numel()
-            in_tensor = (indices >= start) & (indices < stop)
-            positions = in_tensor.nonzero(as_tuple=True)[0]
+            lo, hi = cuts[layer], cuts[layer + 1]
+            if ascending:
+                positions = torch.arange(lo, hi, device=indices.device)
+            else:  # ascending positions, as a mask's nonzero() gives them
+                positions = order[lo:hi].sort().values
             if positions.numel() > 0:
                 module, attr = owners[id(p)]
                 selections.append(
                     TensorSelection(
-                        name, p, module, attr, indices[positions] - start, positions
+                        name,
+                        p,
+                        module,
+                        attr,
+                        indices[positions] - start,
+                        positions,
+                        slice(lo, hi) if ascending else None,
                     )
                 )
                 touched.append(layer)

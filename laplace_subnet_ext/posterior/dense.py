@@ -168,6 +168,16 @@ class DenseSubnetLaplace(FullSubnetLaplace):
         stderr when selection or :meth:`fit` takes more than
         :data:`SLOW_STAGE_SECONDS`; ``fit(progress_bar=True)`` shows progress bars.
 
+    Attributes
+    ----------
+    selection : SubnetMask or None
+        The mask object that selected the subnetwork in :meth:`fit` (its
+        attributes record what it did: for the default, ``stage_seconds``,
+        ``chosen_by``, ``objective``, ``greedy_skipped``); None when the
+        subnetwork was given as indices.
+    selection_seconds : float or None
+        The selection's wall time in :meth:`fit`.
+
     Raises
     ------
     TypeError
@@ -284,6 +294,11 @@ class DenseSubnetLaplace(FullSubnetLaplace):
         )
         self.verbose = bool(verbose)
         self._mask = (subnetwork_mask, n_params_subnet, dict(mask_kwargs or {}))
+        #: the mask object that selected in :meth:`fit` (its attributes record
+        #: what the selection did, e.g. ``stage_seconds``, ``chosen_by``), and
+        #: the selection's seconds; None when the subnetwork was given
+        self.selection = None
+        self.selection_seconds: float | None = None
         self._default_mask = default_mask
         init_parametric(
             self,
@@ -530,6 +545,7 @@ class DenseSubnetLaplace(FullSubnetLaplace):
                 kwargs = {"prior_precision": float(prior), **kwargs}
             kwargs = {"sigma_noise": float(self.sigma_noise), **kwargs}
         start = time.perf_counter()
+        built: list = []
         idx = select_indices(
             mask,
             self.model,
@@ -539,7 +555,10 @@ class DenseSubnetLaplace(FullSubnetLaplace):
             kwargs,
             progress_bar=progress_bar,
             memory_budget=self.memory_budget,
+            built=built,
         )
+        self.selection = built[0]
+        self.selection_seconds = time.perf_counter() - start
         name = mask if isinstance(mask, str) else getattr(mask, "__name__", None)
         name = name or type(mask).__name__
         self._summary(

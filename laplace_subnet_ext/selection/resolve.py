@@ -34,6 +34,7 @@ def select_indices(
     mask_kwargs: dict[str, Any] | None = None,
     progress_bar: bool = False,
     memory_budget: int | str | None = None,
+    built: list | None = None,
 ) -> torch.Tensor:
     """Indices chosen by ``mask``.
 
@@ -42,6 +43,8 @@ def select_indices(
     ``likelihood`` where its constructor takes them, plus ``mask_kwargs``), or a
     registered name. ``progress_bar`` and ``memory_budget`` (the posterior's, for
     ``n_params_subnet="auto"``) reach a class whose constructor takes them.
+    ``built``: a list the mask object that selected is appended to (its
+    attributes record what the selection did).
 
     Raises
     ------
@@ -66,6 +69,8 @@ def select_indices(
             "subnetwork_mask must be a SubnetMask instance or class, or a registered "
             f"name; got {type(mask).__name__}."
         )
+    if built is not None:
+        built.append(mask)
     if getattr(mask, "_indices", None) is not None:
         return mask.indices
     return mask.select(train_loader)

@@ -455,7 +455,7 @@ class GreedyLaplaceMask(TrainableSubnetMask):
         else :data:`GREEDY_BLOCK` (logged; ``block_used`` records it).
     max_greedy_work : float or None, default=MAX_GREEDY_WORK
         The greedy steps run while their work, S x C x (curvature rows + S/2 +
-        evaluation rows) multiply-adds, is at most this (None: no bound) and
+        evaluation rows) multiply-adds, is at most this (None: neither bound) and
         their float64 arrays, (curvature rows + evaluation rows + S) x C
         entries, fit in :data:`GREEDY_MEMORY_FRACTION` of the free memory.
         Above either, decided before the pool's Jacobians are formed, the

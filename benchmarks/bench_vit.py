@@ -186,7 +186,14 @@ def main() -> None:
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out + ".json", "w") as fh:
         json.dump({"args": vars(a), "cpu_threads": 2, "rows": rows}, fh, indent=1)
-    keys = ("select_s", "fit_s", "marglik_s", "predict_s", "peak_rss_gb", "flop_bound_s")
+    keys = (
+        "select_s",
+        "fit_s",
+        "marglik_s",
+        "predict_s",
+        "peak_rss_gb",
+        "flop_bound_s",
+    )
     print(f"\n{'impl':<8} {'D':>10} {'S':>6} " + " ".join(f"{k:>12}" for k in keys))
     for r in rows:
         vals = [f"{r[k]:.2f}" if k in r else "-" for k in keys]

@@ -297,8 +297,7 @@ class DenseSubnetLaplace(FullSubnetLaplace):
         #: the mask object that selected in :meth:`fit` (its attributes record
         #: what the selection did, e.g. ``stage_seconds``, ``chosen_by``), and
         #: the selection's seconds; None when the subnetwork was given
-        self.selection = None
-        self.selection_seconds: float | None = None
+        self._selected_by: dict = {"mask": None, "seconds": None}
         self._default_mask = default_mask
         init_parametric(
             self,
@@ -463,6 +462,17 @@ class DenseSubnetLaplace(FullSubnetLaplace):
         return self._post.jacobians
 
     @property
+    def selection(self):
+        """The mask object that selected the subnetwork in :meth:`fit`, or None
+        when the subnetwork was given (class docstring)."""
+        return self._selected_by["mask"]
+
+    @property
+    def selection_seconds(self) -> float | None:
+        """The selection's wall time in :meth:`fit`, or None."""
+        return self._selected_by["seconds"]
+
+    @property
     def generic_reasons(self) -> dict[str, str]:
         """``tensor name -> why`` for every selected tensor on the generic
         (``torch.func``) Jacobian path: no rule covers it, or the graph guard, the
@@ -557,8 +567,8 @@ class DenseSubnetLaplace(FullSubnetLaplace):
             memory_budget=self.memory_budget,
             built=built,
         )
-        self.selection = built[0]
-        self.selection_seconds = time.perf_counter() - start
+        self._selected_by["mask"] = built[0]
+        self._selected_by["seconds"] = time.perf_counter() - start
         name = mask if isinstance(mask, str) else getattr(mask, "__name__", None)
         name = name or type(mask).__name__
         self._summary(
